@@ -1,0 +1,1 @@
+"""uploadsvc: streaming file uploads onto any fsspec storage (local folder, S3, memory)."""

@@ -1,0 +1,98 @@
+"""TOML configuration -> validated `Settings`.
+
+`config.toml` at the repository root is the default; `UPLOADSVC_CONFIG` names
+another file that replaces it. Unknown keys and wrong types are rejected, and
+every problem is reported as one `ConfigError` line naming the key, because a
+user's typo should never look like a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+ENV_VAR = "UPLOADSVC_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(Exception):
+    """A user's configuration mistake: printed as one line, exit status 1."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class StorageSettings(_Section):
+    url: str = "file://./uploads"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class StagingSettings(_Section):
+    """Local folder where background uploads become durable before the 202."""
+
+    path: str = "./staging"
+
+
+class LimitsSettings(_Section):
+    max_upload_bytes: int = Field(default=1 << 30, ge=1)
+
+
+class ProcessingSettings(_Section):
+    pipeline: list[str] = Field(default_factory=list)
+    timeout_seconds: float = Field(default=300.0, gt=0)
+
+
+class Settings(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    staging: StagingSettings = Field(default_factory=StagingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+def config_path() -> Path | None:
+    """The file to read: `UPLOADSVC_CONFIG` if set, else the checkout's `config.toml`.
+
+    None when installed from a wheel without either: the built-in defaults,
+    which equal the shipped `config.toml`, apply.
+    """
+    env = os.environ.get(ENV_VAR)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read and validate a TOML file; raise `ConfigError` with one clear line."""
+    path = path or config_path()
+    if path is None:
+        return Settings()
+    try:
+        with path.open("rb") as f:  # tomllib wants bytes
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read configuration: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return parse_settings(data, source=str(path))
+
+
+def parse_settings(data: dict[str, Any], source: str = "<config>") -> Settings:
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(f"{source}: {key}: {problem}") from None

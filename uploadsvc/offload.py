@@ -1,0 +1,39 @@
+"""Running blocking work beside the event loop without waiting for each call.
+
+A `Lane` runs calls on a worker thread strictly in order, at most one at a
+time, and lets the caller go on (receive the next bytes) while the previous
+call runs. That overlap is what lets receiving, hashing and writing share two
+cores; awaiting each call in turn would serialise them. An error raised by a
+call surfaces at the next `submit` or at `drain`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+
+class Lane:
+    """An ordered, one-deep queue of calls into the default thread pool."""
+
+    def __init__(self) -> None:
+        self._pending: asyncio.Future[Any] | None = None
+
+    async def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Start `fn(*args)` once the previous call has finished; do not wait for it."""
+        await self.drain()
+        self._pending = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+    async def drain(self) -> None:
+        """Wait for the call in flight, re-raising its error."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    async def cancel(self) -> None:
+        """Wait for the call in flight and swallow its error (we are already failing)."""
+        try:
+            await self.drain()
+        except Exception:  # noqa: BLE001 - the caller is cleaning up after a first error
+            pass

@@ -1,0 +1,146 @@
+"""The one storage interface every upload path writes through.
+
+Keys are short relative names made from generated ids (`<id>` for the bytes,
+`<id>.json` for the record beside them, as tusd keeps `<id>.info`); a backend
+joins them to its root. The guarantees, each covered by tests/contract:
+
+- nothing is visible under a key until `ObjectWriter.commit` returns, and then
+  the whole object is (local: part file, fsync, rename, fsync the folder;
+  S3: the multipart upload completes or one PUT);
+- `abort` is idempotent and leaves no part file and no pending multipart
+  upload; leaving a writer's `async with` by an exception, or without having
+  committed, aborts (the opposite of fsspec, where closing commits);
+- backend failures surface as `StorageUnavailable`, missing keys as `NotFound`;
+- `put_small`/`get_small` are whole-object reads and writes with conditions,
+  which is what records and locks need for several instances to share a
+  bucket: `if_none_match` creates only if absent, `if_match` replaces only if
+  unchanged; a lost race raises `PreconditionFailed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+#: Size of the blocks that move between the ingest, the hash and the backend.
+#: Large enough that per-call overhead (thread hops, syscalls) vanishes, small
+#: enough that memory stays flat.
+BLOCK_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class ObjectWriter(ABC):
+    """A new object being written; invisible until `commit`.
+
+    `write` may return before the block is on the backend (the write overlaps
+    the next receive), so the caller hands over immutable `bytes`.
+    """
+
+    @abstractmethod
+    async def write(self, block: bytes) -> None: ...
+
+    @abstractmethod
+    async def commit(self) -> ObjectInfo: ...
+
+    @abstractmethod
+    async def abort(self) -> None: ...
+
+    async def __aenter__(self) -> ObjectWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        # Abort on every way out that is not a commit: an error, a cancelled
+        # task (client gone), or a plain return that forgot to commit. Shielded
+        # so a cancellation cannot leave a part file or multipart upload behind.
+        await asyncio.shield(self.abort())
+
+
+class Storage(ABC):
+    """A place to keep uploads and their records, over one fsspec filesystem."""
+
+    #: The configured URL, for messages (never contains credentials).
+    url: str
+
+    @abstractmethod
+    def create(self, key: str) -> ObjectWriter:
+        """A writer for a new object under `key`."""
+
+    @abstractmethod
+    def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes `start` up to `end` (exclusive; None: to the end), in blocks."""
+
+    @abstractmethod
+    async def size(self, key: str) -> int:
+        """Size in bytes of a committed object; `NotFound` if absent."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Remove an object; absent is not an error."""
+
+    @abstractmethod
+    async def list(self, suffix: str = "") -> list[str]:
+        """All committed keys ending with `suffix`, in no particular order."""
+
+    @abstractmethod
+    async def put_small(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        """Write a small object whole and return its new etag."""
+
+    @abstractmethod
+    async def get_small(self, key: str) -> tuple[bytes, str]:
+        """Read a small object whole, with its etag; `NotFound` if absent."""
+
+    @abstractmethod
+    async def check(self) -> None:
+        """Raise `StorageUnavailable` unless the backend answers (bucket exists, folder writable)."""
+
+    async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
+        """Store a finished local file (a staged background upload) under `key`.
+
+        The default streams it through `create`; backends on the same disk
+        override it with a link or an in-kernel copy.
+        """
+        async with self.create(key) as writer:
+            async for block in read_blocks(path.open):
+                await writer.write(block)
+            return await writer.commit()
+
+    async def close(self) -> None:
+        """Release connections; the default has none."""
+
+
+async def read_blocks(
+    opener: Callable[[str], IO[bytes]], start: int = 0, end: int | None = None
+) -> AsyncIterator[bytes]:
+    """Blocks of a file opened by `opener("rb")`, each call in a worker thread (reads block)."""
+    f = await asyncio.to_thread(opener, "rb")
+    try:
+        if start:
+            await asyncio.to_thread(f.seek, start)
+        remaining = None if end is None else end - start
+        while remaining is None or remaining > 0:
+            n = BLOCK_SIZE if remaining is None else min(BLOCK_SIZE, remaining)
+            block = await asyncio.to_thread(f.read, n)
+            if not block:
+                return
+            if remaining is not None:
+                remaining -= len(block)
+            yield block
+    finally:
+        await asyncio.to_thread(f.close)

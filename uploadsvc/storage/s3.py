@@ -1,0 +1,222 @@
+"""Storage on S3 and S3-compatible object stores, through s3fs's async client.
+
+Layout under `s3://bucket/prefix`: `<prefix>/<id>` (the bytes) and
+`<prefix>/<id>.json` (the record). Nothing else is ever left behind.
+
+Why not `fs.open(path, "wb")`: leaving that block by an exception *completes*
+the multipart upload, publishing a partial object, and it buffers a whole
+block per writer. Instead this module drives the multipart upload itself:
+parts of `PART_SIZE` bytes, up to `PARTS_IN_FLIGHT` uploading at once while the
+next part fills, `complete_multipart_upload` at commit, and
+`abort_multipart_upload` on every other way out. An object smaller than one
+part is a single PUT at commit. Either way nothing is visible until commit.
+
+Every call runs on s3fs's own event loop thread (fsspec's IO loop), awaited
+from the server's loop through `run_coroutine_threadsafe`. s3fs's sync wrappers
+would block the server's loop; running its coroutines on the server's loop
+would put botocore's per-part signing and checksums (CPU work) there too.
+
+Conditional writes (`IfNoneMatch="*"`, `IfMatch=etag`) make records and locks
+safe for several instances sharing one bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, TypeVar
+
+from s3fs import S3FileSystem
+
+from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
+from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage
+
+#: S3 parts must be at least 5 MiB (but the last); 8 MiB keeps memory flat
+#: (about PART_SIZE * (PARTS_IN_FLIGHT + 2) per upload) and allows 80 GiB objects.
+PART_SIZE = 8 << 20
+PARTS_IN_FLIGHT = 4
+
+T = TypeVar("T")
+
+
+class S3Storage(Storage):
+    def __init__(self, fs: S3FileSystem, root: str, url: str) -> None:
+        self.fs = fs
+        self.url = url
+        bucket, _, prefix = root.strip("/").partition("/")
+        self.bucket = bucket
+        self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+    def object_key(self, key: str) -> str:
+        return f"{self.prefix}{key}"
+
+    async def on_fs_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await a coroutine on s3fs's loop thread, translating its errors."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+        try:
+            return await asyncio.wrap_future(future)
+        except ServiceError:
+            raise
+        except FileNotFoundError as e:
+            raise NotFound("no such object") from e
+        except FileExistsError as e:
+            raise PreconditionFailed(str(e)) from e
+        except Exception as e:
+            if _s3_code(e) == "PreconditionFailed":
+                raise PreconditionFailed(str(e)) from e
+            raise StorageUnavailable(f"storage {self.url} failed: {e}") from e
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        return await self.on_fs_loop(self.fs._call_s3(method, Bucket=self.bucket, **kwargs))
+
+    def create(self, key: str) -> ObjectWriter:
+        return _S3Writer(self, self.object_key(key))
+
+    async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        if end is not None and end <= start:
+            return
+        wanted = f"bytes={start}-{'' if end is None else end - 1}"
+        response = await self.call("get_object", Key=self.object_key(key), Range=wanted)
+        body = response["Body"]
+        try:
+            while block := await self.on_fs_loop(body.read(BLOCK_SIZE)):
+                yield block
+        finally:
+            self.fs.loop.call_soon_threadsafe(body.close)
+
+    async def size(self, key: str) -> int:
+        response = await self.call("head_object", Key=self.object_key(key))
+        return int(response["ContentLength"])
+
+    async def delete(self, key: str) -> None:
+        await self.call("delete_object", Key=self.object_key(key))
+
+    async def list(self, suffix: str = "") -> list[str]:
+        keys: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            page = await self.call("list_objects_v2", Prefix=self.prefix, Delimiter="/", **token)
+            for item in page.get("Contents", []):
+                key = item["Key"][len(self.prefix) :]
+                if key.endswith(suffix):
+                    keys.append(key)
+            if not page.get("IsTruncated"):
+                return keys
+            token = {"ContinuationToken": page["NextContinuationToken"]}
+
+    async def put_small(
+        self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
+    ) -> str:
+        conditions: dict[str, str] = {}
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        response = await self.call("put_object", Key=self.object_key(key), Body=data, **conditions)
+        return str(response["ETag"])
+
+    async def get_small(self, key: str) -> tuple[bytes, str]:
+        response = await self.call("get_object", Key=self.object_key(key))
+        body = response["Body"]
+        try:
+            data = await self.on_fs_loop(body.read())
+        finally:
+            self.fs.loop.call_soon_threadsafe(body.close)
+        return data, str(response["ETag"])
+
+    async def check(self) -> None:
+        try:
+            await self.call("head_bucket")
+        except (NotFound, StorageUnavailable) as e:
+            cause = e.__cause__ or e
+            raise StorageUnavailable(
+                f"storage {self.url}: bucket {self.bucket!r} is not reachable: {cause}"
+            ) from e
+
+
+class _S3Writer(ObjectWriter):
+    def __init__(self, storage: S3Storage, object_key: str) -> None:
+        self._s3 = storage
+        self._key = object_key
+        self._blocks: list[bytes] = []
+        self._buffered = 0
+        self._size = 0
+        self._upload_id: str | None = None
+        self._in_flight: deque[asyncio.Future[Any]] = deque()
+        self._parts: list[dict[str, Any]] = []
+        self._done = False
+
+    async def write(self, block: bytes) -> None:
+        self._blocks.append(block)
+        self._buffered += len(block)
+        self._size += len(block)
+        if self._buffered >= PART_SIZE:
+            await self._send_part()
+
+    async def commit(self) -> ObjectInfo:
+        if self._upload_id is None:
+            await self._s3.call("put_object", Key=self._key, Body=self._take_buffer())
+        else:
+            if self._buffered:
+                await self._send_part()
+            while self._in_flight:
+                await self._in_flight.popleft()
+            await self._s3.call(
+                "complete_multipart_upload",
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={"Parts": self._parts},
+            )
+        self._done = True
+        return ObjectInfo(self._key[len(self._s3.prefix) :], self._size)
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._blocks.clear()
+        for future in self._in_flight:
+            future.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        if self._upload_id is not None:
+            try:
+                await self._s3.call("abort_multipart_upload", Key=self._key, UploadId=self._upload_id)
+            except NotFound:
+                pass
+
+    def _take_buffer(self) -> bytes:
+        body = b"".join(self._blocks)
+        self._blocks.clear()
+        self._buffered = 0
+        return body
+
+    async def _send_part(self) -> None:
+        if self._upload_id is None:
+            started = await self._s3.call("create_multipart_upload", Key=self._key)
+            self._upload_id = str(started["UploadId"])
+        if len(self._in_flight) >= PARTS_IN_FLIGHT:
+            await self._in_flight.popleft()
+        number = len(self._parts) + 1
+        part: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(part)
+        self._in_flight.append(asyncio.ensure_future(self._upload_part(part, self._take_buffer())))
+
+    async def _upload_part(self, part: dict[str, Any], body: bytes) -> None:
+        response = await self._s3.call(
+            "upload_part",
+            Key=self._key,
+            UploadId=self._upload_id,
+            PartNumber=part["PartNumber"],
+            Body=body,
+        )
+        part["ETag"] = response["ETag"]
+
+
+def _s3_code(error: BaseException) -> str | None:
+    """The S3 error code of a botocore error, or of the one s3fs wrapped."""
+    for e in (error, error.__cause__):
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code"))
+    return None
