@@ -9,9 +9,17 @@ as an HTML page.
 
 from __future__ import annotations
 
-from typing import ClassVar
+import logging
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+log = logging.getLogger(__name__)
 
 
 class ServiceError(Exception):
@@ -80,3 +88,59 @@ def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, ob
     return {
         e.status: {"model": ErrorBody, "description": f"`{e.code}`"} for e in errors
     }
+
+
+#: Errors raised outside our code (routing, validation), in the same shape.
+_STARLETTE_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error as `{"detail", "code"}` JSON, or as a page for browsers."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    async def service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        headers = {}
+        if isinstance(exc, RangeNotSatisfiable):
+            headers["Content-Range"] = f"bytes */{exc.size}"
+        return render_error(request, exc.status, exc.code, exc.detail, headers)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = _STARLETTE_CODES.get(exc.status_code, "http_error")
+        return render_error(request, exc.status_code, code, str(exc.detail), exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return render_error(request, 400, BadRequest.code, f"{where}: {first['msg']}")
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return render_error(request, 500, ServiceError.code, "internal error")
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(Exception, unexpected)
+
+
+def render_error(
+    request: Request,
+    status: int,
+    code: str,
+    detail: str,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    from starlette.responses import JSONResponse
+
+    from .web.templating import templates, wants_html
+
+    if wants_html(request):
+        return templates.TemplateResponse(
+            request, "error.html", {"status": status, "code": code, "detail": detail},
+            status_code=status, headers=headers,
+        )
+    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)

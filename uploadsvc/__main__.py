@@ -1,0 +1,5 @@
+"""`python -m uploadsvc` is the `uploadsvc` command."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,84 @@
+"""Wiring: `create_app(settings)` builds the service; `app` is for uvicorn.
+
+`uvicorn uploadsvc.app:app` reads the configuration (`UPLOADSVC_CONFIG` or
+`config.toml`) when uvicorn first asks for `app`, checks that the storage
+answers, and stops with one line and exit status 1 if not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from fastapi import FastAPI
+from fsspec.implementations.local import LocalFileSystem
+
+from .config import ConfigError, Settings, load_settings
+from .errors import StorageUnavailable, install_error_handlers
+from .pipeline import Pipeline, load_pipeline
+from .service import UploadService
+from .storage import Storage, open_storage
+from .storage.files import FileStorage
+from .web import api, pages
+
+STARTUP_CHECK_TIMEOUT = 15.0
+
+
+def create_app(
+    settings: Settings, *, storage: Storage | None = None, pipeline: Pipeline | None = None
+) -> FastAPI:
+    """Build the app; `storage` and `pipeline` replace the configured ones (tests)."""
+    staging_root = str(Path(settings.staging.path).resolve())
+    service = UploadService(
+        storage=storage or open_storage(settings.storage.url, settings.storage.options),
+        staging=FileStorage(LocalFileSystem(auto_mkdir=True), staging_root, f"file://{staging_root}"),
+        pipeline=pipeline if pipeline is not None else load_pipeline(settings),
+        max_upload_bytes=settings.limits.max_upload_bytes,
+    )
+    app = FastAPI(
+        title="uploadsvc",
+        summary="Streaming file uploads onto a local folder, S3 or any fsspec storage.",
+        version="0.1.0",
+    )
+    app.state.settings = settings
+    app.state.service = service
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    return app
+
+
+def check_storage(app: FastAPI) -> None:
+    """Fail fast (before serving) when the storage or staging folder does not answer."""
+    service: UploadService = app.state.service
+
+    async def both() -> None:
+        await service.storage.check()
+        await service.staging.check()
+
+    try:
+        asyncio.run(asyncio.wait_for(both(), STARTUP_CHECK_TIMEOUT))
+    except TimeoutError:
+        raise StorageUnavailable(
+            f"storage {service.storage.url} did not answer in {STARTUP_CHECK_TIMEOUT:g} s"
+        ) from None
+
+
+def build_checked_app(config: Path | None = None) -> FastAPI:
+    """Settings -> app -> storage check; `ConfigError`/`StorageUnavailable` on a user's mistake."""
+    app = create_app(load_settings(config))
+    check_storage(app)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    if name != "app":
+        raise AttributeError(name)
+    try:
+        built = build_checked_app()
+    except (ConfigError, StorageUnavailable) as e:
+        print(f"uploadsvc: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    globals()["app"] = built
+    return built

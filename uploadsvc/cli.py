@@ -1,0 +1,48 @@
+"""`uploadsvc serve [--config PATH] [--host H] [--port P]`.
+
+A user's mistake (bad configuration, unreachable storage, missing bucket) is
+one line on stderr and exit status 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from .app import build_checked_app
+from .config import ConfigError
+from .errors import StorageUnavailable
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="uploadsvc", description="Streaming file upload service")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)")
+    serve.add_argument("--host", help="listen address (default: [server] host)")
+    serve.add_argument("--port", type=int, help="listen port (default: [server] port)")
+    args = parser.parse_args(argv)
+
+    try:
+        app = build_checked_app(args.config)
+    except (ConfigError, StorageUnavailable) as e:
+        print(f"uploadsvc: {e}", file=sys.stderr)
+        return 1
+    server = app.state.settings.server
+    uvicorn.run(
+        app,
+        host=args.host or server.host,
+        port=server.port if args.port is None else args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="info",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""One upload from first byte to final record, for both paths.
+
+    receive (streaming) -> commit (storage) -> record (records) -> process (pipeline)
+
+The blocking path receives straight into the storage backend and answers
+when the pipeline has run. The background path receives into the local
+staging area (durable, fsynced), records the upload as `queued` and answers;
+`complete_background` then moves the bytes into the backend and runs the same
+pipeline code. The two differ only in where the bytes land first and in when
+the answer is sent.
+
+A rejected or interrupted upload leaves nothing: the writer aborts, and a
+record is only written once its bytes are committed. State lives in the
+records, never here: the background job is handed an id and reads the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .errors import Conflict, NotFound, ServiceError
+from .models import Status, UploadRecord, new_id, now
+from .pipeline import Pipeline, ProcessingFailed, StoredUpload
+from .records import Records
+from .storage import Storage
+from .storage.files import FileStorage
+from .streaming import Received, check_declared_length, receive_file
+
+log = logging.getLogger(__name__)
+
+
+class UploadService:
+    def __init__(
+        self,
+        storage: Storage,
+        staging: FileStorage,
+        pipeline: Pipeline,
+        max_upload_bytes: int,
+    ) -> None:
+        self.storage = storage
+        self.staging = staging
+        self.records = Records(storage)
+        self.pipeline = pipeline
+        self.limit = max_upload_bytes
+
+    async def upload_blocking(
+        self, body: AsyncIterator[bytes], content_type: str | None, content_length: int | None
+    ) -> UploadRecord:
+        """Store, record and process; return the final record."""
+        upload_id = new_id()
+        received = await self._receive(self.storage, upload_id, body, content_type, content_length)
+        status = Status.processing if self.pipeline else Status.completed
+        record = await self._record(self.storage, upload_id, received, status)
+        return await self._process(record) if self.pipeline else record
+
+    async def upload_background(
+        self, body: AsyncIterator[bytes], content_type: str | None, content_length: int | None
+    ) -> UploadRecord:
+        """Stage durably and record as queued; `complete_background` does the rest."""
+        upload_id = new_id()
+        received = await self._receive(self.staging, upload_id, body, content_type, content_length)
+        return await self._record(self.staging, upload_id, received, Status.queued)
+
+    async def complete_background(self, upload_id: str) -> None:
+        """The background job: move the staged bytes into storage, then process.
+
+        Takes only the id (FastAPI once closed request files before background
+        tasks ran, fastapi#10857): everything else is read from the record.
+        """
+        try:
+            record = await self.records.transition(upload_id, {Status.queued}, status=Status.storing)
+        except (NotFound, Conflict):
+            return  # deleted meanwhile, or another instance took it
+        try:
+            await self.storage.put_local_file(upload_id, self.staged_path(upload_id))
+        except ServiceError as e:
+            # The staged bytes stay where they are: the upload was accepted.
+            log.error("upload %s: storing failed: %s", upload_id, e.detail)
+            await self._settle(record, Status.failed, error=f"storing failed: {e.detail}")
+            return
+        if self.pipeline:
+            record = await self._settle(record, Status.processing)
+            await self._process(record)
+        else:
+            await self._settle(record, Status.completed)
+        await self.staging.delete(upload_id)
+
+    async def delete(self, upload_id: str) -> None:
+        await self.records.get(upload_id)  # NotFound for unknown ids
+        await self.storage.delete(upload_id)
+        await self.staging.delete(upload_id)
+        await self.records.delete(upload_id)
+
+    def staged_path(self, upload_id: str) -> Path:
+        return Path(self.staging.path(upload_id))
+
+    async def _receive(
+        self,
+        target: Storage,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        content_type: str | None,
+        content_length: int | None,
+    ) -> Received:
+        check_declared_length(content_length, self.limit)
+        async with target.create(upload_id) as writer:
+            received = await receive_file(body, content_type, self.limit, writer)
+            await writer.commit()
+        return received
+
+    async def _record(
+        self, holder: Storage, upload_id: str, received: Received, status: Status
+    ) -> UploadRecord:
+        """Write the first record; if that fails, remove the committed bytes."""
+        record = UploadRecord(
+            id=upload_id,
+            filename=received.filename,
+            size=received.size,
+            content_type=received.content_type,
+            sha256=received.sha256,
+            status=status,
+            created_at=now(),
+            completed_at=now() if status is Status.completed else None,
+            url=f"/uploads/{upload_id}/content",
+        )
+        try:
+            await self.records.create(record)
+        except BaseException:
+            await asyncio.shield(holder.delete(upload_id))
+            raise
+        return record
+
+    async def _process(self, record: UploadRecord) -> UploadRecord:
+        try:
+            results = await self.pipeline.run(StoredUpload(record, self.storage))
+        except ProcessingFailed as e:
+            log.warning("upload %s: %s", record.id, e)
+            return await self._settle(record, Status.failed, error=str(e))
+        return await self._settle(record, Status.completed, results=results)
+
+    async def _settle(
+        self, record: UploadRecord, status: Status, **changes: object
+    ) -> UploadRecord:
+        """Advance the record from the status it has now."""
+        if status in (Status.completed, Status.failed):
+            changes["completed_at"] = now()
+        return await self.records.transition(record.id, {record.status}, status=status, **changes)

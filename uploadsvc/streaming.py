@@ -1,0 +1,186 @@
+"""multipart/form-data body -> the bytes of field `file`, streamed into a writer.
+
+The body is parsed as it arrives with python-multipart's streaming parser;
+nothing is spooled. The parser's callbacks are synchronous, so they only
+collect slices; after each feed the async loop cuts them into `BLOCK_SIZE`
+blocks and hands each block to the sha256 `Lane` and to the writer, both of
+which run beside the next receive.
+
+Checked here, so no caller can forget: the size limit (at once from
+`Content-Length`, else the moment the count passes it), the closing boundary
+(python-multipart's `finalize()` accepts a body cut short, so the `on_end`
+event is tracked), exactly one `file` field with a usable name. This module
+knows no HTTP and no storage backend: it raises domain errors and writes to an
+`ObjectWriter`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+from .filenames import safe_filename, safe_media_type
+from .offload import Lane
+from .storage import BLOCK_SIZE, ObjectWriter
+
+FILE_FIELD = "file"
+#: Room for multipart framing and small fields on top of the file-size limit
+#: when judging `Content-Length`; the file itself is held to the exact limit.
+FRAMING_ALLOWANCE = 64 << 10
+#: Below this a block is hashed inline: a thread hop would cost more.
+_INLINE_HASH_BELOW = 256 << 10
+
+
+@dataclass(frozen=True)
+class Received:
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+
+
+@dataclass
+class _Part:
+    headers: dict[str, str] = field(default_factory=dict)
+    is_file: bool = False
+
+
+class _Collector:
+    """Parser callbacks: note the structure, collect the file's slices."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.part = _Part()
+        self.header_field = bytearray()
+        self.header_value = bytearray()
+        self.filename: str | None = None
+        self.content_type = "application/octet-stream"
+        self.size = 0
+        self.pending: list[memoryview] = []
+        self.pending_bytes = 0
+        self.ended = False
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self.part = _Part()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        name = self.header_field.decode("latin-1").strip().lower()
+        self.part.headers[name] = self.header_value.decode("utf-8", "replace")
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        disposition, params = parse_options_header(self.part.headers.get("content-disposition"))
+        if disposition != b"form-data" or params.get(b"name") != FILE_FIELD.encode():
+            return
+        if self.filename is not None:
+            raise BadRequest(f"more than one {FILE_FIELD!r} field; send one file per upload")
+        raw_name = params.get(b"filename")
+        if raw_name is None:
+            raise BadRequest(f"field {FILE_FIELD!r} is not a file (no filename)")
+        self.filename = safe_filename(raw_name.decode("utf-8", "replace"))
+        self.content_type = safe_media_type(self.part.headers.get("content-type"))
+        self.part.is_file = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if not self.part.is_file:
+            return
+        self.size += end - start
+        if self.size > self.limit:
+            raise PayloadTooLarge(f"file is larger than the limit of {self.limit} bytes")
+        # A view, not a copy: the blocks are joined from these views.
+        self.pending.append(memoryview(data)[start:end])
+        self.pending_bytes += end - start
+
+    def on_part_end(self) -> None:
+        self.part.is_file = False
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def take(self) -> bytes:
+        block = b"".join(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        return block
+
+
+def multipart_boundary(content_type: str | None) -> bytes:
+    """The boundary of a multipart/form-data body; 415 or 400 otherwise."""
+    media_type, params = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        raise UnsupportedMediaType("send the file as multipart/form-data in field 'file'")
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart/form-data without a boundary")
+    return boundary
+
+
+def check_declared_length(content_length: int | None, limit: int) -> None:
+    """Refuse at once a body that says it is too large: nothing is read."""
+    if content_length is not None and content_length > limit + FRAMING_ALLOWANCE:
+        raise PayloadTooLarge(
+            f"body of {content_length} bytes is larger than the limit of {limit} bytes"
+        )
+
+
+async def receive_file(
+    body: AsyncIterator[bytes], content_type: str | None, limit: int, writer: ObjectWriter
+) -> Received:
+    """Stream the `file` field of `body` into `writer` (not committed), hashing it."""
+    boundary = multipart_boundary(content_type)
+    collector = _Collector(limit)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    digest = hashlib.sha256()
+    hashing = Lane()
+    try:
+        async for chunk in body:
+            try:
+                parser.write(chunk)
+            except FormParserError as e:
+                raise BadRequest(f"malformed multipart body: {e}") from None
+            if collector.pending_bytes >= BLOCK_SIZE:
+                block = collector.take()
+                await hashing.submit(digest.update, block)
+                await writer.write(block)
+        parser.finalize()
+        if not collector.ended:
+            raise BadRequest("truncated multipart body: the closing boundary never arrived")
+        if collector.filename is None:
+            raise BadRequest(f"no file in field {FILE_FIELD!r}")
+        if collector.pending_bytes:
+            block = collector.take()
+            if len(block) >= _INLINE_HASH_BELOW:
+                await hashing.submit(digest.update, block)
+            else:
+                await hashing.drain()
+                digest.update(block)
+            await writer.write(block)
+        await hashing.drain()
+    except BaseException:
+        await hashing.cancel()
+        raise
+    return Received(collector.filename, collector.content_type, collector.size, digest.hexdigest())

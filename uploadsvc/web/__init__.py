@@ -1,0 +1,1 @@
+"""HTTP: routes (`api`), browser pages (`pages`) and their rendering (`templating`)."""

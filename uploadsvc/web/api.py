@@ -1,0 +1,195 @@
+"""The JSON API (and its HTML twin for form posts): thin routes over the service.
+
+Routes translate HTTP into service calls and back; every rule lives below
+them. Errors are raised as domain errors and rendered by the one handler in
+`errors.py`; each route lists the ones it can return, for OpenAPI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.requests import ClientDisconnect
+
+from ..errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
+    StorageUnavailable,
+    UnsupportedMediaType,
+    error_responses,
+)
+from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
+from ..service import UploadService
+from .downloads import byte_range, download_headers, etag
+from .templating import templates, wants_html
+
+router = APIRouter()
+
+HEALTH_TIMEOUT = 5.0
+
+_UPLOAD_ERRORS = error_responses(
+    BadRequest, PayloadTooLarge, UnsupportedMediaType, StorageUnavailable
+)
+# The body is parsed by the service as a stream, so FastAPI cannot infer it.
+_MULTIPART_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                }
+            }
+        },
+    }
+}
+UploadId = Annotated[str, "upload id"]
+
+
+def _service(request: Request) -> UploadService:
+    service: UploadService = request.app.state.service
+    return service
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    """The request body as it arrives; a vanished client is a bad request."""
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        raise BadRequest("upload interrupted: the client disconnected") from None
+
+
+def _content_length(request: Request) -> int | None:
+    value = request.headers.get("content-length")
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise BadRequest(f"invalid Content-Length {value!r}")
+    return int(value)
+
+
+def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> Response:
+    """The outcome as JSON, or as a page for a browser's form post."""
+    headers = {"Location": f"/uploads/{record.id}"}
+    if wants_html(request):
+        return templates.TemplateResponse(
+            request, "record.html", {"record": record}, status_code=status, headers=headers
+        )
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+@router.post(
+    "/upload-blocking/",
+    status_code=201,
+    response_model=UploadRecord,
+    responses=_UPLOAD_ERRORS,
+    openapi_extra=_MULTIPART_BODY,
+    summary="Upload a file; answer once it is stored and processed",
+)
+async def upload_blocking(request: Request) -> Response:
+    service = _service(request)
+    record = await service.upload_blocking(
+        _body(request), request.headers.get("content-type"), _content_length(request)
+    )
+    return _answer(request, record, 201, record.model_dump(mode="json"))
+
+
+@router.post(
+    "/upload-nonblocking/",
+    status_code=202,
+    response_model=Accepted,
+    responses=_UPLOAD_ERRORS,
+    openapi_extra=_MULTIPART_BODY,
+    summary="Upload a file; answer once the bytes are durably received",
+)
+async def upload_nonblocking(request: Request, background: BackgroundTasks) -> Response:
+    service = _service(request)
+    record = await service.upload_background(
+        _body(request), request.headers.get("content-type"), _content_length(request)
+    )
+    background.add_task(service.complete_background, record.id)
+    accepted = Accepted(id=record.id, status=record.status, status_url=f"/uploads/{record.id}")
+    return _answer(request, record, 202, accepted.model_dump(mode="json"))
+
+
+@router.get("/uploads", response_model=UploadPage, responses=error_responses(BadRequest, StorageUnavailable))
+async def list_uploads(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
+) -> UploadPage:
+    items, next_cursor = await _service(request).records.page(limit, cursor)
+    return UploadPage(items=items, next_cursor=next_cursor)
+
+
+@router.get(
+    "/uploads/{upload_id}",
+    response_model=UploadRecord,
+    responses=error_responses(NotFound, StorageUnavailable),
+)
+async def get_upload(request: Request, upload_id: UploadId) -> Response:
+    record = await _service(request).records.get(upload_id)
+    if wants_html(request):
+        return templates.TemplateResponse(request, "record.html", {"record": record})
+    return JSONResponse(record.model_dump(mode="json"))
+
+
+@router.get(
+    "/uploads/{upload_id}/content",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The stored bytes"},
+        206: {"content": {"application/octet-stream": {}}, "description": "A byte range"},
+        304: {"description": "Not modified (If-None-Match)"},
+        **error_responses(NotFound, Conflict, RangeNotSatisfiable, StorageUnavailable),
+    },
+)
+async def get_content(request: Request, upload_id: UploadId) -> Response:
+    service = _service(request)
+    record = await service.records.get(upload_id)
+    if record.status is not Status.completed:
+        raise Conflict(f"upload {upload_id} is {record.status.value}, not completed")
+    headers = download_headers(record)
+    if request.headers.get("if-none-match") in (etag(record), "*"):
+        return Response(status_code=304, headers=headers)
+    wanted = byte_range(request.headers.get("range"), request.headers.get("if-range"), record)
+    start, end = wanted or (0, record.size)
+    headers["Content-Length"] = str(end - start)
+    if wanted is not None:
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+    return StreamingResponse(
+        service.storage.read(upload_id, start, end),
+        status_code=206 if wanted else 200,
+        media_type=record.content_type,
+        headers=headers,
+    )
+
+
+@router.delete(
+    "/uploads/{upload_id}",
+    status_code=204,
+    responses=error_responses(NotFound, StorageUnavailable),
+)
+async def delete_upload(request: Request, upload_id: UploadId) -> Response:
+    await _service(request).delete(upload_id)
+    return Response(status_code=204)
+
+
+@router.get("/healthz", response_model=Health, responses=error_responses(StorageUnavailable))
+async def healthz(request: Request) -> Health:
+    storage = _service(request).storage
+    try:
+        await asyncio.wait_for(storage.check(), HEALTH_TIMEOUT)
+    except TimeoutError:
+        raise StorageUnavailable(f"storage {storage.url} did not answer in {HEALTH_TIMEOUT:g} s") from None
+    return Health(status="ok")

@@ -1,0 +1,38 @@
+"""Jinja2 templates and the HTML-or-JSON choice.
+
+A plain HTML form post prefers `text/html`; API clients send `*/*` or ask for
+JSON. Only when HTML is strictly preferred does a route answer with a page.
+"""
+
+from __future__ import annotations
+
+from fastapi.templating import Jinja2Templates
+from starlette.requests import Request
+
+from ..resources import TEMPLATES_DIR
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+
+
+def wants_html(request: Request) -> bool:
+    html = json = 0.0
+    for item in request.headers.get("accept", "").split(","):
+        media, _, params = item.strip().partition(";")
+        q = _quality(params)
+        media = media.strip().lower()
+        if media in ("text/html", "application/xhtml+xml"):
+            html = max(html, q)
+        elif media in ("application/json", "*/*", "application/*"):
+            json = max(json, q)
+    return html > json
+
+
+def _quality(params: str) -> float:
+    for param in params.split(";"):
+        key, _, value = param.strip().partition("=")
+        if key == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
