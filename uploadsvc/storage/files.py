@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -40,6 +41,7 @@ from .interface import ObjectInfo, ObjectWriter, Storage, read_blocks
 FLUSH_EVERY = 16 << 20
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class FileStorage(Storage):
@@ -165,6 +167,7 @@ class _FileWriter(ObjectWriter):
         self._final = storage.path(key)
         self._part = _part_name(self._final)
         self._file: IO[bytes] | None = None
+        self._opened = False
         self._lane = Lane()
         self._size = 0
         self._flushed_to = 0
@@ -189,6 +192,7 @@ class _FileWriter(ObjectWriter):
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self._file = self._storage.fs.open(self._part, "wb")
+            self._opened = True
         return self._file
 
     def _write_sync(self, block: bytes) -> None:
@@ -216,13 +220,16 @@ class _FileWriter(ObjectWriter):
             _fsync_dir(os.path.dirname(self._final))
 
     def _abort_sync(self) -> None:
-        if self._file is not None:
-            try:
+        if not self._opened:
+            return  # there is no part file
+        try:
+            if self._file is not None:
                 self._file.close()
-            except OSError:
-                pass
-            self._file = None
-        _rm_quietly(self._storage.fs, self._part)
+                self._file = None
+            _rm_quietly(self._storage.fs, self._part)
+        except OSError as e:
+            # Abort runs while another error is propagating: report, don't mask it.
+            log.warning("could not remove %s: %s", self._part, e)
 
 
 def _part_name(final: str) -> str:

@@ -76,8 +76,9 @@ class S3Storage(Storage):
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         if end is not None and end <= start:
             return
-        wanted = f"bytes={start}-{'' if end is None else end - 1}"
-        response = await self.call("get_object", Key=self.object_key(key), Range=wanted)
+        # No Range header for a whole read: S3 answers 416 to "bytes=0-" on an empty object.
+        wanted = {} if start == 0 and end is None else {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
+        response = await self.call("get_object", Key=self.object_key(key), **wanted)
         body = response["Body"]
         try:
             while block := await self.on_fs_loop(body.read(BLOCK_SIZE)):

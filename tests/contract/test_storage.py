@@ -1,0 +1,265 @@
+"""The storage interface's guarantees, once, against every backend.
+
+Each test breaks if its guarantee does: whole objects or nothing, abort on
+every way out, no part files or pending multipart uploads left, conditional
+small writes, ranges, and backend errors translated at the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from tests.conftest import Backend
+from uploadsvc.errors import NotFound, PreconditionFailed, StorageUnavailable
+from uploadsvc.storage import BLOCK_SIZE, Storage
+from uploadsvc.storage.s3 import PART_SIZE
+
+T = TypeVar("T")
+
+
+def run(fn: Callable[[Storage], Awaitable[T]], backend: Backend) -> T:
+    async def main() -> T:
+        storage = backend.storage()
+        try:
+            return await fn(storage)
+        finally:
+            await storage.close()
+
+    return asyncio.run(main())
+
+
+def blocks(total: int) -> list[bytes]:
+    data = os.urandom(total)
+    return [data[i : i + BLOCK_SIZE] for i in range(0, total, BLOCK_SIZE)]
+
+
+async def read_all(storage: Storage, key: str, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([b async for b in storage.read(key, start, end)])
+
+
+# Multipart on S3 starts past one part: cover both the single-PUT and the multipart path.
+SIZES = [0, 1, BLOCK_SIZE + 3, PART_SIZE * 2 + 5]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_commit_publishes_exact_bytes_and_nothing_before(backend: Backend, size: int) -> None:
+    parts = blocks(size)
+
+    async def scenario(storage: Storage) -> None:
+        async with storage.create("obj") as writer:
+            for block in parts:
+                await writer.write(block)
+            assert "obj" not in await storage.list()
+            with pytest.raises(NotFound):
+                await storage.size("obj")
+            info = await writer.commit()
+        assert info.size == size
+        assert await storage.size("obj") == size
+        assert hashlib.sha256(await read_all(storage, "obj")).digest() == hashlib.sha256(
+            b"".join(parts)
+        ).digest()
+
+    run(scenario, backend)
+    assert backend.leftovers() == [_key(backend, "obj")]
+
+
+@pytest.mark.parametrize("size", [10, PART_SIZE * 2 + 5])
+def test_exception_inside_writer_aborts_and_leaves_nothing(backend: Backend, size: int) -> None:
+    """Unlike fsspec's `open(..., "wb")`, an error must not publish a partial object."""
+
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(RuntimeError):
+            async with storage.create("obj") as writer:
+                for block in blocks(size):
+                    await writer.write(block)
+                raise RuntimeError("client went away")
+        assert await storage.list() == []
+
+    run(scenario, backend)
+    assert backend.leftovers() == []
+
+
+def test_leaving_without_commit_aborts(backend: Backend) -> None:
+    async def scenario(storage: Storage) -> None:
+        async with storage.create("obj") as writer:
+            await writer.write(b"x" * (PART_SIZE + 1))
+
+    run(scenario, backend)
+    assert backend.leftovers() == []
+
+
+def test_abort_is_idempotent_and_commit_after_abort_is_not_possible(backend: Backend) -> None:
+    async def scenario(storage: Storage) -> None:
+        writer = storage.create("obj")
+        await writer.write(b"abc")
+        await writer.abort()
+        await writer.abort()
+
+    run(scenario, backend)
+    assert backend.leftovers() == []
+
+
+def test_failure_mid_upload_aborts_the_multipart_upload(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend error in the middle of a multipart upload leaves no pending upload."""
+    if backend.name != "s3":
+        pytest.skip("multipart uploads exist only on object stores")
+    from uploadsvc.storage.s3 import S3Storage
+
+    original = S3Storage.call
+    calls = {"upload_part": 0}
+
+    async def flaky(self: S3Storage, method: str, **kwargs: Any) -> Any:
+        if method == "upload_part":
+            calls["upload_part"] += 1
+            if calls["upload_part"] == 2:
+                raise StorageUnavailable("injected: connection reset")
+        return await original(self, method, **kwargs)
+
+    monkeypatch.setattr(S3Storage, "call", flaky)
+
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(StorageUnavailable):
+            async with storage.create("obj") as writer:
+                for block in blocks(PART_SIZE * 4):
+                    await writer.write(block)
+                await writer.commit()
+
+    run(scenario, backend)
+    assert calls["upload_part"] >= 2
+    assert backend.leftovers() == []
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [(0, None, slice(0, None)), (5, 10, slice(5, 10)), (0, 1, slice(0, 1)), (99, None, slice(99, None)),
+     (BLOCK_SIZE - 1, BLOCK_SIZE + 2, slice(BLOCK_SIZE - 1, BLOCK_SIZE + 2)), (7, 7, slice(7, 7))],
+)
+def test_read_byte_ranges(backend: Backend, start: int, end: int | None, expected: slice) -> None:
+    data = os.urandom(BLOCK_SIZE + 100)
+
+    async def scenario(storage: Storage) -> bytes:
+        async with storage.create("obj") as writer:
+            await writer.write(data)
+            await writer.commit()
+        return await read_all(storage, "obj", start, end)
+
+    assert run(scenario, backend) == data[expected]
+
+
+def test_missing_objects(backend: Backend) -> None:
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(NotFound):
+            await storage.size("nope")
+        with pytest.raises(NotFound):
+            await storage.get_small("nope.json")
+        with pytest.raises(NotFound):
+            await read_all(storage, "nope")
+        await storage.delete("nope")  # absent is not an error
+
+    run(scenario, backend)
+
+
+def test_delete_and_list(backend: Backend) -> None:
+    async def scenario(storage: Storage) -> tuple[list[str], list[str], list[str]]:
+        for key in ("a", "b"):
+            async with storage.create(key) as writer:
+                await writer.write(key.encode())
+                await writer.commit()
+        await storage.put_small("a.json", b"{}")
+        everything = sorted(await storage.list())
+        records = await storage.list(".json")
+        await storage.delete("a")
+        return everything, records, sorted(await storage.list())
+
+    everything, records, after = run(scenario, backend)
+    assert everything == ["a", "a.json", "b"]
+    assert records == ["a.json"]
+    assert after == ["a.json", "b"]
+
+
+def test_conditional_small_writes(backend: Backend) -> None:
+    """Create-if-absent and replace-if-unchanged: what records need to be shared safely."""
+
+    async def scenario(storage: Storage) -> None:
+        first = await storage.put_small("r.json", b"1", if_none_match=True)
+        with pytest.raises(PreconditionFailed):
+            await storage.put_small("r.json", b"2", if_none_match=True)
+        data, etag = await storage.get_small("r.json")
+        assert (data, etag) == (b"1", first)
+        second = await storage.put_small("r.json", b"3", if_match=etag)
+        assert second != first
+        with pytest.raises(PreconditionFailed):
+            await storage.put_small("r.json", b"4", if_match=first)
+        assert (await storage.get_small("r.json"))[0] == b"3"
+        await storage.put_small("r.json", b"5")  # unconditional replace
+        assert (await storage.get_small("r.json"))[0] == b"5"
+
+    run(scenario, backend)
+    assert backend.leftovers() == [_key(backend, "r.json")]
+
+
+@pytest.mark.parametrize("size", [0, 3, PART_SIZE + 17])
+def test_put_local_file(backend: Backend, tmp_path: Path, size: int) -> None:
+    source = tmp_path / "staged"
+    data = os.urandom(size)
+    source.write_bytes(data)
+
+    async def scenario(storage: Storage) -> bytes:
+        info = await storage.put_local_file("obj", source)
+        assert info.size == size
+        return await read_all(storage, "obj")
+
+    assert run(scenario, backend) == data
+    assert source.read_bytes() == data  # the caller decides when the staged file goes
+    assert backend.leftovers() == [_key(backend, "obj")]
+
+
+def test_check_passes_on_a_working_backend(backend: Backend) -> None:
+    run(lambda storage: storage.check(), backend)
+
+
+def test_unreachable_backend_is_storage_unavailable(backend: Backend, tmp_path: Path) -> None:
+    if backend.name == "memory":
+        pytest.skip("memory:// cannot be unreachable")
+    if backend.name == "local":
+        blocker = tmp_path / "a-file"
+        blocker.write_bytes(b"")
+        broken = Backend("local", f"file://{blocker}/store")
+    else:
+        broken = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9"})
+
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(StorageUnavailable):
+            await storage.check()
+        with pytest.raises(StorageUnavailable):
+            async with storage.create("obj") as writer:
+                await writer.write(b"abc")
+                await writer.commit()
+
+    run(scenario, broken)
+
+
+def test_missing_bucket_is_storage_unavailable(backend: Backend) -> None:
+    if backend.name != "s3":
+        pytest.skip("buckets exist only on object stores")
+    missing = Backend("s3", "s3://no-such-bucket-here/x", backend.options)
+
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(StorageUnavailable, match="no-such-bucket-here"):
+            await storage.check()
+
+    run(scenario, missing)
+
+
+def _key(backend: Backend, key: str) -> str:
+    """Where `key` shows up in `Backend.contents()`."""
+    return f"uploads/{key}" if backend.name == "s3" else key
