@@ -87,8 +87,10 @@ class _Collector:
         self.header_value += data[start:end]
 
     def on_header_end(self) -> None:
+        # Latin-1 keeps the raw bytes: parse_options_header re-encodes its
+        # results as Latin-1, and browsers send file names as UTF-8 bytes.
         name = self.header_field.decode("latin-1").strip().lower()
-        self.part.headers[name] = self.header_value.decode("utf-8", "replace")
+        self.part.headers[name] = self.header_value.decode("latin-1")
         self.header_field.clear()
         self.header_value.clear()
 
