@@ -152,9 +152,7 @@ class Live:
 
 
 @pytest.fixture
-def live_factory(
-    backend: Backend, tmp_path: Path
-) -> Iterator[Callable[..., Live]]:
+def live_factory(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Live]]:
     """Start a live server for the test's backend, optionally with a custom app."""
     stack: list[Any] = []
 

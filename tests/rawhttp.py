@@ -23,7 +23,8 @@ def multipart(
     """A multipart/form-data body with `data` in field `file`."""
     out = bytearray()
     for name, value in (fields or {}).items():
-        out += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        out += f"--{BOUNDARY}\r\n".encode()
+        out += f'Content-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
     out += (
         f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
         f"Content-Type: {content_type}\r\n\r\n"

@@ -32,7 +32,9 @@ def create_app(
     staging_root = str(Path(settings.staging.path).resolve())
     service = UploadService(
         storage=storage or open_storage(settings.storage.url, settings.storage.options),
-        staging=FileStorage(LocalFileSystem(auto_mkdir=True), staging_root, f"file://{staging_root}"),
+        staging=FileStorage(
+            LocalFileSystem(auto_mkdir=True), staging_root, f"file://{staging_root}"
+        ),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
     )

@@ -22,7 +22,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="uploadsvc", description="Streaming file upload service")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the HTTP server")
-    serve.add_argument("--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)")
+    serve.add_argument(
+        "--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)"
+    )
     serve.add_argument("--host", help="listen address (default: [server] host)")
     serve.add_argument("--port", type=int, help="listen port (default: [server] port)")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ as an HTML page.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
@@ -85,9 +86,7 @@ class ErrorBody(BaseModel):
 
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
     """OpenAPI `responses=` entries for the errors a route may return."""
-    return {
-        e.status: {"model": ErrorBody, "description": f"`{e.code}`"} for e in errors
-    }
+    return {e.status: {"model": ErrorBody, "description": f"`{e.code}`"} for e in errors}
 
 
 #: Errors raised outside our code (routing, validation), in the same shape.
@@ -132,7 +131,7 @@ def render_error(
     status: int,
     code: str,
     detail: str,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
     from starlette.responses import JSONResponse
 
@@ -140,7 +139,10 @@ def render_error(
 
     if wants_html(request):
         return templates.TemplateResponse(
-            request, "error.html", {"status": status, "code": code, "detail": detail},
-            status_code=status, headers=headers,
+            request,
+            "error.html",
+            {"status": status, "code": code, "detail": detail},
+            status_code=status,
+            headers=headers,
         )
     return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)

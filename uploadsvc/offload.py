@@ -10,6 +10,7 @@ call surfaces at the next `submit` or at `drain`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +34,5 @@ class Lane:
 
     async def cancel(self) -> None:
         """Wait for the call in flight and swallow its error (we are already failing)."""
-        try:
+        with contextlib.suppress(Exception):
             await self.drain()
-        except Exception:  # noqa: BLE001 - the caller is cleaning up after a first error
-            pass

@@ -59,9 +59,7 @@ class Records:
 
     async def page(self, limit: int, cursor: str | None) -> tuple[list[UploadRecord], str | None]:
         """Records newest first, `limit` at a time, after `cursor` (the last id seen)."""
-        ids = sorted(
-            (k[: -len(_SUFFIX)] for k in await self.storage.list(_SUFFIX)), reverse=True
-        )
+        ids = sorted((k[: -len(_SUFFIX)] for k in await self.storage.list(_SUFFIX)), reverse=True)
         ids = [i for i in ids if _ID.match(i) and (cursor is None or i < cursor)]
         chosen = ids[:limit]
         found = await asyncio.gather(*(self._get_or_none(i) for i in chosen))

@@ -71,7 +71,9 @@ class UploadService:
         tasks ran, fastapi#10857): everything else is read from the record.
         """
         try:
-            record = await self.records.transition(upload_id, {Status.queued}, status=Status.storing)
+            record = await self.records.transition(
+                upload_id, {Status.queued}, status=Status.storing
+            )
         except (NotFound, Conflict):
             return  # deleted meanwhile, or another instance took it
         try:

@@ -126,8 +126,12 @@ def test_pipeline_results_land_in_the_record(live_factory: Any, path: str) -> No
 
 
 @pytest.mark.parametrize("path", ["/upload-blocking/", "/upload-nonblocking/"])
-def test_failing_processor_fails_the_upload_but_keeps_the_bytes(live_factory: Any, path: str) -> None:
-    live = live_factory(pipeline=Pipeline([("broken", Broken()), ("recorder", Recorder())], timeout=30))
+def test_failing_processor_fails_the_upload_but_keeps_the_bytes(
+    live_factory: Any, path: str
+) -> None:
+    live = live_factory(
+        pipeline=Pipeline([("broken", Broken()), ("recorder", Recorder())], timeout=30)
+    )
     payload = b"data" * 100
     upload_id = live.http.post(path, files={"file": ("f", payload)}).json()["id"]
     record = wait_for_status(live, upload_id)

@@ -117,10 +117,14 @@ def test_client_disconnect_mid_upload_leaves_nothing(live: Live, path: str) -> N
         (b"garbage without boundaries", MULTIPART_TYPE, 400, "bad_request"),
         (multipart(b"abc", filename=""), MULTIPART_TYPE, 400, "bad_request"),
         (
-            b"--" + MULTIPART_TYPE.split("=")[1].encode()
+            b"--"
+            + MULTIPART_TYPE.split("=")[1].encode()
             + b'\r\nContent-Disposition: form-data; name="other"\r\n\r\nv\r\n--'
-            + MULTIPART_TYPE.split("=")[1].encode() + b"--\r\n",
-            MULTIPART_TYPE, 400, "bad_request",
+            + MULTIPART_TYPE.split("=")[1].encode()
+            + b"--\r\n",
+            MULTIPART_TYPE,
+            400,
+            "bad_request",
         ),  # no file field
     ],
 )

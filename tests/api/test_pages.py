@@ -25,7 +25,9 @@ def test_form_post_gets_a_page_with_the_outcome(live: Live) -> None:
     assert done.headers["content-type"].startswith("text/html")
     assert "note.txt" in done.text and "completed" in done.text
 
-    queued = live.http.post("/upload-nonblocking/", files={"file": ("later.txt", b"hi")}, headers=headers)
+    queued = live.http.post(
+        "/upload-nonblocking/", files={"file": ("later.txt", b"hi")}, headers=headers
+    )
     assert queued.status_code == 202
     assert "later.txt" in queued.text
     upload_id = queued.headers["location"].rsplit("/", 1)[-1]
@@ -34,7 +36,9 @@ def test_form_post_gets_a_page_with_the_outcome(live: Live) -> None:
     assert status_page.headers["content-type"].startswith("text/html")
     assert "completed" in status_page.text
 
-    refused = live.http.post("/upload-blocking/", content=b"x", headers={**headers, "Content-Type": "text/plain"})
+    refused = live.http.post(
+        "/upload-blocking/", content=b"x", headers={**headers, "Content-Type": "text/plain"}
+    )
     assert refused.status_code == 415
     assert refused.headers["content-type"].startswith("text/html")
     assert "multipart/form-data" in refused.text
@@ -69,5 +73,7 @@ def test_openapi_describes_every_route_and_its_errors(live: Live) -> None:
         assert statuses <= set(responses), (path, method, sorted(responses))
     upload = paths["/upload-blocking/"]["post"]
     assert "multipart/form-data" in upload["requestBody"]["content"]
-    error_schema = paths["/uploads/{upload_id}"]["get"]["responses"]["404"]["content"]["application/json"]
+    error_schema = paths["/uploads/{upload_id}"]["get"]["responses"]["404"]["content"][
+        "application/json"
+    ]
     assert error_schema["schema"]["$ref"].endswith("/ErrorBody")

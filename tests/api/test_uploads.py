@@ -81,7 +81,8 @@ def test_ids_are_opaque_and_unique(live: Live) -> None:
     import re
 
     ids = {
-        live.http.post("/upload-blocking/", files={"file": ("a", b"1")}).json()["id"] for _ in range(3)
+        live.http.post("/upload-blocking/", files={"file": ("a", b"1")}).json()["id"]
+        for _ in range(3)
     }
     assert len(ids) == 3
     assert all(re.match(ID_PATTERN, i) for i in ids)

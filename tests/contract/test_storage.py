@@ -26,11 +26,7 @@ T = TypeVar("T")
 
 def run(fn: Callable[[Storage], Awaitable[T]], backend: Backend) -> T:
     async def main() -> T:
-        storage = backend.storage()
-        try:
-            return await fn(storage)
-        finally:
-            await storage.close()
+        return await fn(backend.storage())
 
     return asyncio.run(main())
 
@@ -62,9 +58,10 @@ def test_commit_publishes_exact_bytes_and_nothing_before(backend: Backend, size:
             info = await writer.commit()
         assert info.size == size
         assert await storage.size("obj") == size
-        assert hashlib.sha256(await read_all(storage, "obj")).digest() == hashlib.sha256(
-            b"".join(parts)
-        ).digest()
+        assert (
+            hashlib.sha256(await read_all(storage, "obj")).digest()
+            == hashlib.sha256(b"".join(parts)).digest()
+        )
 
     run(scenario, backend)
     assert backend.leftovers() == [_key(backend, "obj")]
@@ -140,8 +137,14 @@ def test_failure_mid_upload_aborts_the_multipart_upload(
 
 @pytest.mark.parametrize(
     ("start", "end", "expected"),
-    [(0, None, slice(0, None)), (5, 10, slice(5, 10)), (0, 1, slice(0, 1)), (99, None, slice(99, None)),
-     (BLOCK_SIZE - 1, BLOCK_SIZE + 2, slice(BLOCK_SIZE - 1, BLOCK_SIZE + 2)), (7, 7, slice(7, 7))],
+    [
+        (0, None, slice(0, None)),
+        (5, 10, slice(5, 10)),
+        (0, 1, slice(0, 1)),
+        (99, None, slice(99, None)),
+        (BLOCK_SIZE - 1, BLOCK_SIZE + 2, slice(BLOCK_SIZE - 1, BLOCK_SIZE + 2)),
+        (7, 7, slice(7, 7)),
+    ],
 )
 def test_read_byte_ranges(backend: Backend, start: int, end: int | None, expected: slice) -> None:
     data = os.urandom(BLOCK_SIZE + 100)

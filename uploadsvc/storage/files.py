@@ -18,6 +18,7 @@ writes of one object run in order on a `Lane`, overlapping the caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hashlib
 import logging
@@ -67,20 +68,16 @@ class FileStorage(Storage):
 
     async def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         with _errors(self):
-            async for block in read_blocks(lambda mode: self.fs.open(self.path(key), mode), start, end):
+            async for block in read_blocks(
+                lambda mode: self.fs.open(self.path(key), mode), start, end
+            ):
                 yield block
 
     async def size(self, key: str) -> int:
         return int(await self._run(self.fs.size, self.path(key)))
 
     async def delete(self, key: str) -> None:
-        def rm() -> None:
-            try:
-                self.fs.rm_file(self.path(key))
-            except FileNotFoundError:
-                pass
-
-        await self._run(rm)
+        await self._run(_rm_quietly, self.fs, self.path(key))
 
     async def list(self, suffix: str = "") -> list[str]:
         def ls() -> list[str]:
@@ -137,7 +134,7 @@ class FileStorage(Storage):
             except BaseException:
                 _rm_quietly(self.fs, part)
                 raise
-            _fsync_dir(os.path.dirname(final))
+            _fsync_path(os.path.dirname(final))
             return ObjectInfo(key, os.path.getsize(final))
 
         return await self._run(adopt)
@@ -157,7 +154,7 @@ class FileStorage(Storage):
             _rm_quietly(self.fs, part)
             raise
         if self.durable:
-            _fsync_dir(os.path.dirname(final))
+            _fsync_path(os.path.dirname(final))
 
 
 class _FileWriter(ObjectWriter):
@@ -217,7 +214,7 @@ class _FileWriter(ObjectWriter):
         self._file = None
         self._storage.fs.mv(self._part, self._final)
         if self._storage.durable:
-            _fsync_dir(os.path.dirname(self._final))
+            _fsync_path(os.path.dirname(self._final))
 
     def _abort_sync(self) -> None:
         if not self._opened:
@@ -247,7 +244,8 @@ def _etag_or_none(storage: FileStorage, key: str) -> str | None:
         return None
 
 
-def _fsync_dir(path: str) -> None:
+def _fsync_path(path: str) -> None:
+    """fsync a file or a folder by name (a folder's fsync makes a rename durable)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -257,18 +255,12 @@ def _fsync_dir(path: str) -> None:
 
 def _copy_durably(src: Path, dst: str) -> None:
     shutil.copyfile(src, dst)  # sendfile/copy_file_range: the kernel copies
-    fd = os.open(dst, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fsync_path(dst)
 
 
 def _rm_quietly(fs: AbstractFileSystem, path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         fs.rm_file(path)
-    except FileNotFoundError:
-        pass
 
 
 @contextmanager

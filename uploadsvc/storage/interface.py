@@ -108,7 +108,10 @@ class Storage(ABC):
 
     @abstractmethod
     async def check(self) -> None:
-        """Raise `StorageUnavailable` unless the backend answers (bucket exists, folder writable)."""
+        """Raise `StorageUnavailable` unless the backend answers (bucket or folder exists).
+
+        Cheap: `/healthz` calls it.
+        """
 
     async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
         """Store a finished local file (a staged background upload) under `key`.
@@ -120,9 +123,6 @@ class Storage(ABC):
             async for block in read_blocks(path.open):
                 await writer.write(block)
             return await writer.commit()
-
-    async def close(self) -> None:
-        """Release connections; the default has none."""
 
 
 async def read_blocks(

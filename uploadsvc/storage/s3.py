@@ -23,6 +23,7 @@ safe for several instances sharing one bucket.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
@@ -77,7 +78,11 @@ class S3Storage(Storage):
         if end is not None and end <= start:
             return
         # No Range header for a whole read: S3 answers 416 to "bytes=0-" on an empty object.
-        wanted = {} if start == 0 and end is None else {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
+        wanted = (
+            {}
+            if start == 0 and end is None
+            else {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
+        )
         response = await self.call("get_object", Key=self.object_key(key), **wanted)
         body = response["Body"]
         try:
@@ -181,10 +186,10 @@ class _S3Writer(ObjectWriter):
             future.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         if self._upload_id is not None:
-            try:
-                await self._s3.call("abort_multipart_upload", Key=self._key, UploadId=self._upload_id)
-            except NotFound:
-                pass
+            with contextlib.suppress(NotFound):  # already gone
+                await self._s3.call(
+                    "abort_multipart_upload", Key=self._key, UploadId=self._upload_id
+                )
 
     def _take_buffer(self) -> bytes:
         body = b"".join(self._blocks)

@@ -122,7 +122,9 @@ async def upload_nonblocking(request: Request, background: BackgroundTasks) -> R
     return _answer(request, record, 202, accepted.model_dump(mode="json"))
 
 
-@router.get("/uploads", response_model=UploadPage, responses=error_responses(BadRequest, StorageUnavailable))
+@router.get(
+    "/uploads", response_model=UploadPage, responses=error_responses(BadRequest, StorageUnavailable)
+)
 async def list_uploads(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -191,5 +193,7 @@ async def healthz(request: Request) -> Health:
     try:
         await asyncio.wait_for(storage.check(), HEALTH_TIMEOUT)
     except TimeoutError:
-        raise StorageUnavailable(f"storage {storage.url} did not answer in {HEALTH_TIMEOUT:g} s") from None
+        raise StorageUnavailable(
+            f"storage {storage.url} did not answer in {HEALTH_TIMEOUT:g} s"
+        ) from None
     return Health(status="ok")

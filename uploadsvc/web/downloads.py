@@ -18,7 +18,9 @@ def etag(record: UploadRecord) -> str:
     return f'"{record.sha256}"'
 
 
-def byte_range(header: str | None, if_range: str | None, record: UploadRecord) -> tuple[int, int] | None:
+def byte_range(
+    header: str | None, if_range: str | None, record: UploadRecord
+) -> tuple[int, int] | None:
     """`(start, end)` (end exclusive) asked for by `Range`, or None for the whole object.
 
     Follows RFC 9110: a malformed, multi-range or non-bytes `Range` is ignored
