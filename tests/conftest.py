@@ -54,6 +54,17 @@ def moto_endpoint() -> Iterator[str]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def s3_client(moto_endpoint: str) -> Any:
+    """A plain boto3 client to look inside moto (made once: clients are slow to build)."""
+    return boto3.client("s3", endpoint_url=moto_endpoint)
+
+
+#: Storage options that give up on the first failed attempt, for tests of an
+#: unreachable endpoint (s3fs and botocore would otherwise retry for seconds).
+FAST_FAIL = {"retries": 1, "config_kwargs": {"retries": {"max_attempts": 1}}}
+
+
 @dataclass
 class Backend:
     """One storage backend for one test, and ways to look inside it."""
@@ -100,7 +111,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             del MemoryFileSystem.store[key]
     else:
         endpoint = request.getfixturevalue("moto_endpoint")
-        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3 = request.getfixturevalue("s3_client")
         bucket = f"test-{uuid.uuid4().hex[:20]}"
         s3.create_bucket(Bucket=bucket)
         yield Backend(name, f"s3://{bucket}/uploads", {"endpoint_url": endpoint}, s3, bucket)

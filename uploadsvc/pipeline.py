@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -63,23 +64,37 @@ class Pipeline:
         """Run every processor in order; `ProcessingFailed` at the first failure."""
         results: dict[str, Any] = {}
         for name, processor in self.steps:
+            deadline = asyncio.timeout(self.timeout)
             try:
-                result = await asyncio.wait_for(processor.process(upload), self.timeout)
-            except TimeoutError:
-                raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None
+                async with deadline:
+                    results[name] = dict(await processor.process(upload))
             except Exception as e:
+                if deadline.expired():  # ours, not a timeout raised inside the processor
+                    raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None
                 raise ProcessingFailed(name, str(e) or type(e).__name__) from e
-            results[name] = dict(result)
         return results
 
 
 def load_pipeline(settings: Settings) -> Pipeline:
     """Build the configured pipeline; `ConfigError` for an unknown or broken plugin."""
-    steps = [
-        (name, _factory(name)(settings.plugins.get(name, {})))
-        for name in settings.processing.pipeline
-    ]
-    return Pipeline(steps, settings.processing.timeout_seconds)
+    return Pipeline(
+        [
+            (name, _create(name, settings.plugins.get(name, {})))
+            for name in settings.processing.pipeline
+        ],
+        settings.processing.timeout_seconds,
+    )
+
+
+def _create(name: str, options: dict[str, Any]) -> Processor:
+    """Import and build one plugin; any failure is the user's configuration to fix."""
+    try:
+        processor: Processor = _factory(name)(options)
+    except ConfigError:
+        raise
+    except Exception as e:
+        raise ConfigError(f"processing.pipeline: plugin {name!r} cannot be loaded: {e}") from None
+    return processor
 
 
 def _factory(name: str) -> Any:
@@ -100,7 +115,13 @@ def _import_file(name: str, path: Path) -> ModuleType:
     if spec is None or spec.loader is None:
         raise ConfigError(f"processing.pipeline: cannot import plugin {name!r} from {path}")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # Registered first, as a normal import would: dataclasses and pickling look it up.
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     return module
 
 

@@ -176,11 +176,9 @@ def test_backend_failure_during_blocking_upload_is_503_and_leaves_nothing(
 def test_unreachable_s3_is_503_everywhere(live_factory: Any, tmp_path: Any, backend: Any) -> None:
     if backend.name != "s3":
         pytest.skip("only an object store can become unreachable here")
-    from tests.conftest import Backend, make_settings
+    from tests.conftest import FAST_FAIL, Backend, make_settings
 
-    # Nothing listens on port 9; one attempt per call keeps the test short.
-    fast_fail = {"retries": 1, "config_kwargs": {"retries": {"max_attempts": 1}}}
-    down = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9", **fast_fail})
+    down = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9", **FAST_FAIL})
     live = live_factory(make_settings(down, tmp_path, max_upload_bytes=LIMIT))
     health = live.http.get("/healthz")
     assert (health.status_code, health.json()["code"]) == (503, "storage_unavailable")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import Backend
+from tests.conftest import FAST_FAIL, Backend
 from uploadsvc.errors import NotFound, PreconditionFailed, StorageUnavailable
 from uploadsvc.storage import BLOCK_SIZE, Storage
 from uploadsvc.storage.s3 import PART_SIZE
@@ -238,7 +238,7 @@ def test_unreachable_backend_is_storage_unavailable(backend: Backend, tmp_path: 
         blocker.write_bytes(b"")
         broken = Backend("local", f"file://{blocker}/store")
     else:
-        broken = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9"})
+        broken = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9", **FAST_FAIL})
 
     async def scenario(storage: Storage) -> None:
         with pytest.raises(StorageUnavailable):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import textwrap
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -108,15 +109,6 @@ def test_a_slow_processor_times_out() -> None:
     assert log == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "Pipeline.run calls dict(result) outside its try block, so a processor returning "
-        "None (or any non-mapping) raises a bare TypeError; UploadService._process only "
-        "catches ProcessingFailed, so the record stays 'processing' forever and the client "
-        "gets a 500. Fix: move `results[name] = dict(result)` inside the try."
-    ),
-)
 def test_a_processor_returning_no_mapping_fails_naming_it() -> None:
     """A buggy plugin fails its upload like any other processor error."""
 
@@ -208,16 +200,6 @@ def test_a_plugin_without_create_is_a_config_error(plugins_dir: Path) -> None:
         load_pipeline(parse_settings({"processing": {"pipeline": ["nocreate"]}}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pipeline._import_file runs exec_module without putting the module in sys.modules "
-        "first, so @dataclass under `from __future__ import annotations` (this project's "
-        "own style) fails with AttributeError: 'NoneType' object has no attribute "
-        "'__dict__'. Fix: sys.modules[spec.name] = module before exec_module (importlib "
-        "docs recipe), popping it again if exec_module raises."
-    ),
-)
 def test_a_plugin_using_dataclasses_loads(plugins_dir: Path) -> None:
     add_plugin(
         plugins_dir,
@@ -244,16 +226,6 @@ def test_a_plugin_using_dataclasses_loads(plugins_dir: Path) -> None:
     assert asyncio.run(built.run(UPLOAD)) == {"dc": {"size": 3}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "load_pipeline promises `ConfigError` for a broken plugin, but an exception while "
-        "importing the plugin (_import_file / ep.load()) or from create(options) escapes "
-        "as is, so start-up ends in a traceback. Fix: in load_pipeline/_factory wrap the "
-        "import and the factory call in `except Exception as e: raise ConfigError("
-        "f'processing.pipeline: plugin {name!r} cannot be loaded: {e}') from None`."
-    ),
-)
 @pytest.mark.parametrize(
     "source",
     [
@@ -267,3 +239,36 @@ def test_a_broken_plugin_is_a_config_error_naming_it(plugins_dir: Path, source: 
     add_plugin(plugins_dir, "broken", source)
     with pytest.raises(ConfigError, match="'broken'"):
         load_pipeline(parse_settings({"processing": {"pipeline": ["broken"]}}))
+
+
+def test_an_installed_entry_point_plugin_is_loaded(
+    plugins_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Third-party packages join through the `uploadsvc.plugins` entry point group,
+    naming either a module with `create` or the factory itself."""
+    site = tmp_path / "site"
+    dist = site / "uploadsvc_test_ep-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: uploadsvc-test-ep\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[uploadsvc.plugins]\n"
+        "by_module = uploadsvc_test_ep\n"
+        "by_factory = uploadsvc_test_ep:create\n"
+    )
+    add_plugin(site, "uploadsvc_test_ep", ECHO)
+    monkeypatch.syspath_prepend(str(site))
+    request.addfinalizer(lambda: sys.modules.pop("uploadsvc_test_ep", None))
+    settings = parse_settings(
+        {
+            "processing": {"pipeline": ["by_module", "by_factory"]},
+            "plugins": {"by_factory": {"k": "v"}},
+        }
+    )
+    results = asyncio.run(load_pipeline(settings).run(UPLOAD))
+    assert results == {
+        "by_module": {"options": {}, "filename": "a.txt"},
+        "by_factory": {"options": {"k": "v"}, "filename": "a.txt"},
+    }

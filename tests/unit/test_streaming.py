@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pytest
 
@@ -24,6 +27,7 @@ from uploadsvc.streaming import (
 BOUNDARY = "----uploadsvcTestBoundary7MA4YWxkTrZu0gW"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 LIMIT = 10 * BLOCK_SIZE
+T = TypeVar("T")
 
 
 class FakeWriter(ObjectWriter):
@@ -353,3 +357,30 @@ def test_filename_that_is_not_utf8_is_decoded_with_replacement() -> None:
         + f'"\r\n\r\nx\r\n--{BOUNDARY}--\r\n'.encode()
     )
     assert receive([body]).filename == "r\ufffdsum\ufffd.pdf"
+
+
+class LateExecutor(ThreadPoolExecutor):
+    """Starts every call late, so a hash that does not wait for the one before shows."""
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        def late() -> T:
+            time.sleep(0.05)  # widens the race; nothing asserts on time
+            return fn(*args, **kwargs)
+
+        return super().submit(late)
+
+
+@pytest.mark.parametrize("tail", [100, 300 << 10], ids=["inline", "threaded"])
+def test_the_last_block_is_hashed_after_the_block_in_flight(tail: int) -> None:
+    """sha256 is order-sensitive: the tail must wait for the threaded hash before it."""
+    data = payload(2 * BLOCK_SIZE + tail)
+    body = file_form(data)
+    head = body.index(data) + 2 * BLOCK_SIZE
+
+    async def main() -> Received:
+        asyncio.get_running_loop().set_default_executor(LateExecutor(max_workers=2))
+        return await receive_file(
+            aiter(Source([body[:head], body[head:]])), CONTENT_TYPE, LIMIT, FakeWriter()
+        )
+
+    assert asyncio.run(main()).sha256 == hashlib.sha256(data).hexdigest()

@@ -112,7 +112,10 @@ class FileStorage(Storage):
 
     async def check(self) -> None:
         # Cheap on purpose (one stat when the folder exists): /healthz calls it.
-        await self._run(self.fs.makedirs, self.root, True)
+        try:
+            await self._run(self.fs.makedirs, self.root, True)
+        except NotFound:  # a dangling symlink on the way, say an unmounted disk
+            raise StorageUnavailable(f"storage {self.url}: cannot create {self.root}") from None
 
     async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
         """Link the staged file in when it is on the same disk (no copy at all)."""
