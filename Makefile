@@ -23,13 +23,14 @@ run: $(VENV)/.run-installed
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check uploadsvc tests benchmarks plugins
+	$(BIN)/ruff format --check uploadsvc tests plugins
 	$(BIN)/mypy
 
 test: $(VENV)/.test-installed lint
 	$(BIN)/python -m pytest
 
-bench: $(VENV)/.run-installed
+bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run.py
 
-bench-quick: $(VENV)/.run-installed
+bench-quick: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/run.py --quick
