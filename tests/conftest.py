@@ -1,17 +1,18 @@
 """Fixtures shared by every test: the storage backends and a real HTTP server.
 
 `backend` runs a test once per backend: a local folder, `memory://`, and S3
-served by moto's server on 127.0.0.1, reached by s3fs over real HTTP (moto's
-in-process mock does not intercept aiobotocore, moto#9784). Each backend can
+served by moto's server on 127.0.0.1 in its own process, reached by s3fs over
+real HTTP (moto's in-process mock does not intercept aiobotocore, moto#9784). Each backend can
 list everything it holds, part files and pending multipart uploads included,
 so tests can assert that a failure left nothing behind.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -27,7 +28,6 @@ import pytest
 import uvicorn
 from fastapi import FastAPI
 from fsspec.implementations.memory import MemoryFileSystem
-from moto.server import ThreadedMotoServer
 
 from uploadsvc.app import create_app
 from uploadsvc.config import Settings, parse_settings
@@ -35,23 +35,48 @@ from uploadsvc.storage import Storage, open_storage
 
 BACKENDS = ["local", "memory", "s3"]
 
-# moto's server logs every request through werkzeug; failures are easier to read without.
+
+#: moto's server in a process of its own: its CPU (it burns ~10 s per GiB) and
+#: memory (it keeps every object) stay out of the process under test.
+_MOTO = """
+import logging
+import sys
+from moto.server import ThreadedMotoServer
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print("%s:%d" % server.get_host_and_port(), flush=True)
+sys.stdin.read()  # until the test session closes our stdin
+server.stop()
+"""
 
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    for key, value in {
+    credentials = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
+    }
+    for key, value in credentials.items():
         os.environ.setdefault(key, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    address = proc.stdout.readline().strip()
+    assert address, "moto's server did not start"
+    yield f"http://{address}"
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
 
 
 @pytest.fixture(scope="session")

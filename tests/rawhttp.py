@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import select
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -35,6 +35,14 @@ def multipart(
 
 
 MULTIPART_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart_stream(chunks: Iterable[bytes], filename: str = "data.bin") -> Iterator[bytes]:
+    """The same body as `multipart`, produced piece by piece (nothing held whole)."""
+    head, _, tail = multipart(b"\0", filename).partition(b"\0")
+    yield head
+    yield from chunks
+    yield tail
 
 
 @dataclass

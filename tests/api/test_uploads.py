@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tracemalloc
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.api.helpers import stored_bytes, wait_for_status
-from tests.conftest import Live
-from tests.rawhttp import MULTIPART_TYPE, multipart
+from tests.conftest import Backend, Live, make_settings
+from tests.rawhttp import MULTIPART_TYPE, multipart, multipart_stream
 from uploadsvc.models import ID_PATTERN
+from uploadsvc.storage.s3 import PART_SIZE, PARTS_IN_FLIGHT
 
 SIZE = 5 * 1024 * 1024 + 123  # several MiB, not a multiple of any block size
 
@@ -167,3 +171,38 @@ def test_unknown_ids_are_404(live: Live, path: str, upload_id: str) -> None:
 def test_healthz(live: Live) -> None:
     response = live.http.get("/healthz")
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+@pytest.mark.parametrize("path", ["/upload-blocking/", "/upload-nonblocking/"])
+def test_memory_stays_flat_while_a_large_file_streams(
+    live_factory: Any, backend: Backend, tmp_path: Path, path: str
+) -> None:
+    """Python allocations during a 96 MiB upload stay a few blocks or parts, not the file.
+
+    tracemalloc counts every allocation in this process, server threads
+    included (moto runs in its own process); holding the file whole anywhere
+    would show as >= 96 MiB.
+    """
+    if backend.name == "memory":
+        pytest.skip("memory:// keeps the file in memory by design")
+    size = 96 << 20
+    live = live_factory(make_settings(backend, tmp_path, max_upload_bytes=size))
+    block = os.urandom(1 << 20)
+    bound = (
+        16 << 20 if backend.name == "local" else (2 * PARTS_IN_FLIGHT + 3) * PART_SIZE + (16 << 20)
+    )
+
+    tracemalloc.start()
+    try:
+        response = live.http.post(
+            path,
+            content=multipart_stream(block for _ in range(size >> 20)),
+            headers={"Content-Type": MULTIPART_TYPE},
+        )
+        assert response.status_code in (201, 202), response.text
+        record = wait_for_status(live, response.json()["id"])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert record["size"] == size
+    assert peak < bound < size, f"peak {peak / 2**20:.1f} MiB of Python allocations"

@@ -33,10 +33,12 @@ from s3fs import S3FileSystem
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage
 
-#: S3 parts must be at least 5 MiB (but the last); 8 MiB keeps memory flat
-#: (about PART_SIZE * (PARTS_IN_FLIGHT + 2) per upload) and allows 80 GiB objects.
+#: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
+#: PART_SIZE * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
+#: flight twice (aiohttp copies a request body it is given as a buffer).
+#: 8 MiB parts allow objects up to 80 GiB (10,000 parts).
 PART_SIZE = 8 << 20
-PARTS_IN_FLIGHT = 4
+PARTS_IN_FLIGHT = 2
 
 T = TypeVar("T")
 
