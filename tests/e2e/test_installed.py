@@ -76,7 +76,9 @@ def served(installed: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     port = free_port()
     config = tmp_path / "service.toml"
     config.write_text(
-        f'[server]\nport = {port}\n[storage]\nurl = "file://./data"\n[staging]\npath = "./staging"\n'
+        f"[server]\nport = {port}\n"
+        '[storage]\nurl = "file://./data"\n'
+        '[staging]\npath = "./staging"\n'
     )
     env = {**os.environ, "PYTHONPATH": str(installed)}
     proc = subprocess.Popen(
