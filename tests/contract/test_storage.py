@@ -266,3 +266,27 @@ def test_missing_bucket_is_storage_unavailable(backend: Backend) -> None:
 def _key(backend: Backend, key: str) -> str:
     """Where `key` shows up in `Backend.contents()`."""
     return f"uploads/{key}" if backend.name == "s3" else key
+
+
+def test_conditional_writes_have_exactly_one_winner(backend: Backend) -> None:
+    """Two instances racing on one record: one create and one swap succeed, the rest lose."""
+
+    async def race(storage: Storage) -> tuple[int, int]:
+        async def attempt(coro: Awaitable[str]) -> bool:
+            try:
+                await coro
+            except PreconditionFailed:
+                return False
+            return True
+
+        created = await asyncio.gather(
+            *(attempt(storage.put_small("r.json", b"%d" % i, if_none_match=True)) for i in range(8))
+        )
+        _, etag = await storage.get_small("r.json")
+        swapped = await asyncio.gather(
+            *(attempt(storage.put_small("r.json", b"s%d" % i, if_match=etag)) for i in range(8))
+        )
+        return sum(created), sum(swapped)
+
+    assert run(race, backend) == (1, 1)
+    assert backend.leftovers() == [_key(backend, "r.json")]

@@ -93,15 +93,39 @@ class FileStorage(Storage):
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
+        """Part file (fsynced), then a publish step that is atomic for readers.
+
+        Only the compare-and-rename holds the lock, never the write or the
+        fsync, so concurrent uploads do not queue behind each other's flushes.
+        On the local disk, create-if-absent is a hard link, which the kernel
+        refuses atomically when the name exists: safe across processes too.
+        """
+
         def put() -> str:
-            with self._small_lock:
-                if if_none_match or if_match is not None:
-                    current = _etag_or_none(self, key)
-                    if if_none_match and current is not None:
-                        raise PreconditionFailed(f"{key} already exists")
-                    if if_match is not None and current != if_match:
-                        raise PreconditionFailed(f"{key} changed")
-                self._write_whole(key, data)
+            final = self.path(key)
+            part = _part_name(final)
+            try:
+                self._write_part(part, data)
+                if if_none_match and self.durable:
+                    try:
+                        os.link(part, final)
+                    except FileExistsError:
+                        raise PreconditionFailed(f"{key} already exists") from None
+                    _rm_quietly(self.fs, part)
+                else:
+                    with self._small_lock:
+                        if if_none_match or if_match is not None:
+                            current = _etag_or_none(self, key)
+                            if if_none_match and current is not None:
+                                raise PreconditionFailed(f"{key} already exists")
+                            if if_match is not None and current != if_match:
+                                raise PreconditionFailed(f"{key} changed")
+                        self.fs.mv(part, final)
+            except BaseException:
+                _rm_quietly(self.fs, part)
+                raise
+            if self.durable:
+                _fsync_path(os.path.dirname(final))
             return _etag(data)
 
         return await self._run(put)
@@ -142,22 +166,12 @@ class FileStorage(Storage):
 
         return await self._run(adopt)
 
-    def _write_whole(self, key: str, data: bytes) -> None:
-        """Part file, fsync, rename, fsync folder: readers see old or new, never half."""
-        final = self.path(key)
-        part = _part_name(final)
-        try:
-            with self.fs.open(part, "wb") as f:
-                f.write(data)
-                if self.durable:
-                    f.flush()
-                    os.fsync(f.fileno())
-            self.fs.mv(part, final)
-        except BaseException:
-            _rm_quietly(self.fs, part)
-            raise
-        if self.durable:
-            _fsync_path(os.path.dirname(final))
+    def _write_part(self, part: str, data: bytes) -> None:
+        with self.fs.open(part, "wb") as f:
+            f.write(data)
+            if self.durable:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 class _FileWriter(ObjectWriter):
