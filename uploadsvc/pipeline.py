@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,7 +68,9 @@ class Pipeline:
             deadline = asyncio.timeout(self.timeout)
             try:
                 async with deadline:
-                    results[name] = dict(await processor.process(upload))
+                    result = dict(await processor.process(upload))
+                json.dumps(result)  # it goes into the JSON record: fail here, naming the plugin
+                results[name] = result
             except Exception as e:
                 if deadline.expired():  # ours, not a timeout raised inside the processor
                     raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None

@@ -45,11 +45,14 @@ class Records:
         Re-reads and retries when another writer got in between; raises
         `Conflict` when the status no longer allows the change.
         """
+        unknown = changes.keys() - UploadRecord.model_fields.keys()
+        if unknown:
+            raise TypeError(f"not record fields: {sorted(unknown)}")
         for _ in range(_CAS_ATTEMPTS):
             record, etag = await self._get(upload_id)
             if record.status not in allowed_from:
                 raise Conflict(f"upload {upload_id} is {record.status}")
-            updated = record.model_copy(update=changes)
+            updated = UploadRecord.model_validate({**record.model_dump(), **changes})
             try:
                 await self.storage.put_small(record_key(upload_id), _dump(updated), if_match=etag)
             except PreconditionFailed:

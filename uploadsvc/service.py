@@ -19,17 +19,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
-from .errors import Conflict, NotFound, ServiceError
+from .errors import Conflict, NotFound, ServiceError, StorageUnavailable
 from .models import Status, UploadRecord, new_id, now
 from .pipeline import Pipeline, ProcessingFailed, StoredUpload
 from .records import Records
 from .storage import Storage
 from .storage.files import FileStorage
-from .streaming import Received, check_declared_length, receive_file
+from .streaming import Received, check_body_length, receive_file
 
 log = logging.getLogger(__name__)
+
+FINAL = frozenset({Status.completed, Status.failed})
 
 
 class UploadService:
@@ -45,24 +48,26 @@ class UploadService:
         self.records = Records(storage)
         self.pipeline = pipeline
         self.limit = max_upload_bytes
+        #: Pauses before retrying a failed move from staging into storage.
+        self.retry_delays: tuple[float, ...] = (0.5, 2.0)
 
     async def upload_blocking(
         self, body: AsyncIterator[bytes], content_type: str | None, content_length: int | None
     ) -> UploadRecord:
         """Store, record and process; return the final record."""
-        upload_id = new_id()
+        upload_id, started = new_id(), now()
         received = await self._receive(self.storage, upload_id, body, content_type, content_length)
         status = Status.processing if self.pipeline else Status.completed
-        record = await self._record(self.storage, upload_id, received, status)
+        record = await self._record(self.storage, upload_id, received, status, started)
         return await self._process(record) if self.pipeline else record
 
     async def upload_background(
         self, body: AsyncIterator[bytes], content_type: str | None, content_length: int | None
     ) -> UploadRecord:
         """Stage durably and record as queued; `complete_background` does the rest."""
-        upload_id = new_id()
+        upload_id, started = new_id(), now()
         received = await self._receive(self.staging, upload_id, body, content_type, content_length)
-        return await self._record(self.staging, upload_id, received, Status.queued)
+        return await self._record(self.staging, upload_id, received, Status.queued, started)
 
     async def complete_background(self, upload_id: str) -> None:
         """The background job: move the staged bytes into storage, then process.
@@ -77,11 +82,12 @@ class UploadService:
         except (NotFound, Conflict):
             return  # deleted meanwhile, or another instance took it
         try:
-            await self.storage.put_local_file(upload_id, self.staged_path(upload_id))
-        except ServiceError as e:
+            await self._store_staged(upload_id)
+        except (ServiceError, OSError) as e:
             # The staged bytes stay where they are: the upload was accepted.
-            log.error("upload %s: storing failed: %s", upload_id, e.detail)
-            await self._settle(record, Status.failed, error=f"storing failed: {e.detail}")
+            reason = e.detail if isinstance(e, ServiceError) else str(e)
+            log.error("upload %s: storing failed: %s", upload_id, reason)
+            await self._settle(record, Status.failed, error=f"storing failed: {reason}")
             return
         if self.pipeline:
             record = await self._settle(record, Status.processing)
@@ -91,10 +97,32 @@ class UploadService:
         await self.staging.delete(upload_id)
 
     async def delete(self, upload_id: str) -> None:
-        await self.records.get(upload_id)  # NotFound for unknown ids
+        """Delete a settled upload; `Conflict` while it is still moving.
+
+        `completed` and `failed` are final, so nothing else can change the
+        upload between this check and the deletes; deleting one in flight
+        would race the job that is storing or processing it.
+        """
+        record = await self.records.get(upload_id)  # NotFound for unknown ids
+        if record.status not in FINAL:
+            raise Conflict(
+                f"upload {upload_id} is {record.status.value}; delete it once it settles"
+            )
         await self.storage.delete(upload_id)
         await self.staging.delete(upload_id)
         await self.records.delete(upload_id)
+
+    async def _store_staged(self, upload_id: str) -> None:
+        """Move the staged bytes into storage, retrying a backend that is briefly away."""
+        for delay in (*self.retry_delays, None):
+            try:
+                await self.storage.put_local_file(upload_id, self.staged_path(upload_id))
+                return
+            except StorageUnavailable as e:
+                if delay is None:
+                    raise
+                log.warning("upload %s: storing failed, retrying in %g s: %s", upload_id, delay, e)
+                await asyncio.sleep(delay)
 
     def staged_path(self, upload_id: str) -> Path:
         return Path(self.staging.path(upload_id))
@@ -107,14 +135,19 @@ class UploadService:
         content_type: str | None,
         content_length: int | None,
     ) -> Received:
-        check_declared_length(content_length, self.limit)
+        check_body_length(content_length, self.limit)
         async with target.create(upload_id) as writer:
             received = await receive_file(body, content_type, self.limit, writer)
             await writer.commit()
         return received
 
     async def _record(
-        self, holder: Storage, upload_id: str, received: Received, status: Status
+        self,
+        holder: Storage,
+        upload_id: str,
+        received: Received,
+        status: Status,
+        created_at: datetime,
     ) -> UploadRecord:
         """Write the first record; if that fails, remove the committed bytes."""
         record = UploadRecord(
@@ -124,7 +157,7 @@ class UploadService:
             content_type=received.content_type,
             sha256=received.sha256,
             status=status,
-            created_at=now(),
+            created_at=created_at,
             completed_at=now() if status is Status.completed else None,
             url=f"/uploads/{upload_id}/content",
         )

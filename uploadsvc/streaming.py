@@ -130,22 +130,30 @@ class _Collector:
         return block
 
 
-def multipart_boundary(content_type: str | None) -> bytes:
-    """The boundary of a multipart/form-data body; 415 or 400 otherwise."""
+def multipart_parser(content_type: str | None, collector: _Collector) -> MultipartParser:
+    """A parser for a multipart/form-data body; 415 or 400 otherwise."""
     media_type, params = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
         raise UnsupportedMediaType("send the file as multipart/form-data in field 'file'")
     boundary = params.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
-    return boundary
+    try:
+        return MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    except FormParserError as e:  # an overlong boundary, say
+        raise BadRequest(f"malformed multipart body: {e}") from None
 
 
-def check_declared_length(content_length: int | None, limit: int) -> None:
-    """Refuse at once a body that says it is too large: nothing is read."""
-    if content_length is not None and content_length > limit + FRAMING_ALLOWANCE:
+def check_body_length(length: int | None, limit: int) -> None:
+    """Refuse a body longer than the file limit plus framing.
+
+    Called once with `Content-Length` before anything is read, and again with
+    the running count, so fields other than the file (and anything after the
+    closing boundary, which the parser ignores) cannot stream without end.
+    """
+    if length is not None and length > limit + FRAMING_ALLOWANCE:
         raise PayloadTooLarge(
-            f"body of {content_length} bytes is larger than the limit of {limit} bytes"
+            f"body of {length} bytes or more is larger than the limit of {limit} bytes"
         )
 
 
@@ -153,13 +161,15 @@ async def receive_file(
     body: AsyncIterator[bytes], content_type: str | None, limit: int, writer: ObjectWriter
 ) -> Received:
     """Stream the `file` field of `body` into `writer` (not committed), hashing it."""
-    boundary = multipart_boundary(content_type)
     collector = _Collector(limit)
-    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    parser = multipart_parser(content_type, collector)
+    received = 0
     digest = hashlib.sha256()
     hashing = Lane()
     try:
         async for chunk in body:
+            received += len(chunk)
+            check_body_length(received, limit)
             try:
                 parser.write(chunk)
             except FormParserError as e:

@@ -55,6 +55,8 @@ def test_background_answers_before_storing_finishes(
     held = wait_for_status(live, upload_id, "storing")
     assert held["status"] == "storing"
     assert live.http.get(f"/uploads/{upload_id}/content").status_code == 409
+    refused = live.http.delete(f"/uploads/{upload_id}")  # would race the job storing it
+    assert (refused.status_code, refused.json()["code"]) == (409, "conflict")
     gate.open()
     assert wait_for_status(live, upload_id)["status"] == "completed"
     assert stored_bytes(live.backend, upload_id) == payload
@@ -83,8 +85,11 @@ def test_storing_failure_marks_failed_and_keeps_the_staged_bytes(
 ) -> None:
     """An accepted upload is never lost: if the backend fails, the staged copy stays."""
     service = live.app.state.service
+    service.retry_delays = (0, 0)
+    attempts = []
 
     async def broken_put(key: str, path: Path) -> Any:
+        attempts.append(key)
         raise StorageUnavailable("storage failed: injected")
 
     monkeypatch.setattr(service.storage, "put_local_file", broken_put)
@@ -93,6 +98,7 @@ def test_storing_failure_marks_failed_and_keeps_the_staged_bytes(
     record = wait_for_status(live, upload_id)
     assert record["status"] == "failed"
     assert "injected" in record["error"]
+    assert attempts == [upload_id] * 3  # retried before giving up
     assert (live.staging / upload_id).read_bytes() == payload
 
 
@@ -104,6 +110,38 @@ class Recorder:
         async for block in upload.read():
             digest.update(block)
         return {"sha256": digest.hexdigest(), "status_seen": upload.record.status.value}
+
+
+def test_a_backend_that_comes_back_gets_the_upload(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = live.app.state.service
+    service.retry_delays = (0, 0)
+    real_put = service.storage.put_local_file
+    failures = [StorageUnavailable("storage failed: injected")]
+
+    async def flaky_put(key: str, path: Path) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_put(key, path)
+
+    monkeypatch.setattr(service.storage, "put_local_file", flaky_put)
+    payload = os.urandom(100_000)
+    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
+    assert wait_for_status(live, upload_id)["status"] == "completed"
+    assert stored_bytes(live.backend, upload_id) == payload
+
+
+class Unserialisable:
+    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+        return {"when": object()}
+
+
+def test_a_result_that_is_not_json_fails_the_upload(live_factory: Any) -> None:
+    live = live_factory(pipeline=Pipeline([("odd", Unserialisable())], timeout=30))
+    record = live.http.post("/upload-blocking/", files={"file": ("f", b"x")}).json()
+    assert record["status"] == "failed"
+    assert "odd" in record["error"]
 
 
 class Broken:

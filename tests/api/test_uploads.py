@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import tracemalloc
@@ -206,3 +207,11 @@ def test_memory_stays_flat_while_a_large_file_streams(
         tracemalloc.stop()
     assert record["size"] == size
     assert peak < bound < size, f"peak {peak / 2**20:.1f} MiB of Python allocations"
+
+
+def test_download_of_vanished_bytes_is_an_error_not_an_empty_200(live: Live) -> None:
+    """The first block is read before answering, so a missing object is a 404."""
+    record = live.http.post("/upload-blocking/", files={"file": ("f", b"data")}).json()
+    asyncio.run(live.app.state.service.storage.delete(record["id"]))  # lost behind our back
+    response = live.http.get(record["url"])
+    assert (response.status_code, response.json()["code"]) == (404, "not_found")

@@ -20,7 +20,7 @@ from uploadsvc.storage import BLOCK_SIZE, ObjectInfo, ObjectWriter
 from uploadsvc.streaming import (
     FRAMING_ALLOWANCE,
     Received,
-    check_declared_length,
+    check_body_length,
     receive_file,
 )
 
@@ -341,12 +341,12 @@ def test_other_fields_do_not_count_towards_the_file_limit() -> None:
 
 
 def test_declared_length_allows_framing_on_top_of_the_limit() -> None:
-    check_declared_length(None, 100)
-    check_declared_length(0, 100)
-    check_declared_length(100, 100)
-    check_declared_length(100 + FRAMING_ALLOWANCE, 100)
+    check_body_length(None, 100)
+    check_body_length(0, 100)
+    check_body_length(100, 100)
+    check_body_length(100 + FRAMING_ALLOWANCE, 100)
     with pytest.raises(PayloadTooLarge, match=str(101 + FRAMING_ALLOWANCE)):
-        check_declared_length(101 + FRAMING_ALLOWANCE, 100)
+        check_body_length(101 + FRAMING_ALLOWANCE, 100)
 
 
 def test_filename_that_is_not_utf8_is_decoded_with_replacement() -> None:
@@ -384,3 +384,24 @@ def test_the_last_block_is_hashed_after_the_block_in_flight(tail: int) -> None:
         )
 
     assert asyncio.run(main()).sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_other_fields_cannot_stream_without_end() -> None:
+    """The whole body is capped too: a huge non-file field is a 413, not a 201."""
+    limit = 1000
+    junk = b"j" * (limit + FRAMING_ALLOWANCE + 1)
+    body = form(part("notes", junk), part("file", payload(5), "f.bin"))
+    with pytest.raises(PayloadTooLarge):
+        receive(split(body, 4096), limit=limit)
+
+
+def test_an_epilogue_after_the_closing_boundary_counts_too() -> None:
+    limit = 1000
+    body = file_form(payload(5)) + b"e" * (limit + FRAMING_ALLOWANCE)
+    with pytest.raises(PayloadTooLarge):
+        receive(split(body, 4096), limit=limit)
+
+
+def test_an_overlong_boundary_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest, match="malformed"):
+        receive([b"--x"], limit=1000, content_type="multipart/form-data; boundary=" + "b" * 300)

@@ -170,11 +170,28 @@ async def get_content(request: Request, upload_id: UploadId) -> Response:
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
     return StreamingResponse(
-        service.storage.read(upload_id, start, end),
+        await _opened(service.storage.read(upload_id, start, end)),
         status_code=206 if wanted else 200,
         media_type=record.content_type,
         headers=headers,
     )
+
+
+async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Read the first block before answering.
+
+    Once the 200 and its headers are sent, a missing object or a failing
+    backend can only cut the body short; reading ahead lets them become a
+    proper 404 or 503.
+    """
+    first = await anext(blocks, b"")
+
+    async def rest() -> AsyncIterator[bytes]:
+        yield first
+        async for block in blocks:
+            yield block
+
+    return rest()
 
 
 @router.delete(
