@@ -27,10 +27,22 @@ class Lane:
         self._pending = asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     async def drain(self) -> None:
-        """Wait for the call in flight, re-raising its error."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            await pending
+        """Wait for the call in flight, re-raising its error.
+
+        A thread cannot be stopped, so if the caller is cancelled meanwhile it
+        still waits for the call to end before going: whoever cleans up next
+        (removing a part file, say) must not race a write still running.
+        """
+        pending = self._pending
+        if pending is None:
+            return
+        try:
+            await asyncio.shield(pending)
+        except asyncio.CancelledError:
+            await asyncio.wait([pending])
+            raise
+        finally:
+            self._pending = None
 
     async def cancel(self) -> None:
         """Wait for the call in flight and swallow its error (we are already failing)."""

@@ -290,3 +290,35 @@ def test_conditional_writes_have_exactly_one_winner(backend: Backend) -> None:
 
     assert run(race, backend) == (1, 1)
     assert backend.leftovers() == [_key(backend, "r.json")]
+
+
+@pytest.mark.parametrize("cancel_after", [1, 3, 2 * PART_SIZE // BLOCK_SIZE + 1, "commit"])
+def test_cancelled_writer_leaves_nothing(backend: Backend, cancel_after: int | str) -> None:
+    """A task cancelled mid-write or mid-commit (shutdown, a timeout) leaves no trace.
+
+    The write or S3 call in flight is waited for, then aborted; a commit that
+    was cancelled is undone even if the backend finished it.
+    """
+    block = os.urandom(BLOCK_SIZE)
+
+    async def scenario(storage: Storage) -> None:
+        reached = asyncio.Event()
+
+        async def upload() -> None:
+            async with storage.create("obj") as writer:
+                for written in range(1, 10_000):
+                    if written == cancel_after:
+                        reached.set()
+                    await writer.write(block)
+                    if cancel_after == "commit" and written == 3:
+                        reached.set()  # the cancellation lands inside the commit
+                        await writer.commit()
+
+        task = asyncio.create_task(upload())
+        await reached.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    run(scenario, backend)
+    assert backend.leftovers() == []

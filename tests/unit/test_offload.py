@@ -145,3 +145,31 @@ def test_cancel_waits_for_the_call_in_flight() -> None:
         assert done == [1]
 
     asyncio.run(main())
+
+
+def test_a_cancelled_drain_still_waits_for_the_call_in_flight() -> None:
+    """Cancelling the caller must not let clean-up race a write still running."""
+
+    async def main() -> None:
+        release = threading.Event()
+        finished: list[bool] = []
+
+        def slow() -> None:
+            release.wait(10)
+            finished.append(True)
+
+        lane = Lane()
+        await lane.submit(slow)
+        task = asyncio.create_task(lane.drain())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        task.cancel()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert not task.done(), "drain gave up while the call was still running"
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert finished == [True]
+
+    asyncio.run(main())

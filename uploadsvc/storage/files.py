@@ -182,6 +182,7 @@ class _FileWriter(ObjectWriter):
         self._part = _part_name(self._final)
         self._file: IO[bytes] | None = None
         self._opened = False
+        self._committing = False
         self._lane = Lane()
         self._size = 0
         self._flushed_to = 0
@@ -191,6 +192,7 @@ class _FileWriter(ObjectWriter):
         await self._lane.submit(_translated, self._storage, self._write_sync, block)
 
     async def commit(self) -> ObjectInfo:
+        self._committing = True
         await self._lane.drain()
         await self._storage._run(self._commit_sync)
         self._done = True
@@ -241,6 +243,10 @@ class _FileWriter(ObjectWriter):
                 self._file.close()
                 self._file = None
             _rm_quietly(self._storage.fs, self._part)
+            if self._committing:
+                # The rename may have happened before the commit failed (at the
+                # folder fsync): the key is this upload's own, so remove it.
+                _rm_quietly(self._storage.fs, self._final)
         except OSError as e:
             # Abort runs while another error is propagating: report, don't mask it.
             log.warning("could not remove %s: %s", self._part, e)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
@@ -41,6 +42,7 @@ PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 2
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class S3Storage(Storage):
@@ -55,10 +57,18 @@ class S3Storage(Storage):
         return f"{self.prefix}{key}"
 
     async def on_fs_loop(self, coro: Coroutine[Any, Any, T]) -> T:
-        """Await a coroutine on s3fs's loop thread, translating its errors."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.fs.loop)
+        """Await a coroutine on s3fs's loop thread, translating its errors.
+
+        A cancelled caller still waits for the call to end (on the other loop
+        it goes on regardless), so an abort that follows never races a part
+        upload, a multipart start or a completion still in flight.
+        """
+        future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.fs.loop))
         try:
-            return await asyncio.wrap_future(future)
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
         except ServiceError:
             raise
         except FileNotFoundError as e:
@@ -153,6 +163,8 @@ class _S3Writer(ObjectWriter):
         self._upload_id: str | None = None
         self._in_flight: deque[asyncio.Future[Any]] = deque()
         self._parts: list[dict[str, Any]] = []
+        self._multipart = False  # a multipart upload was asked for (its id may be lost)
+        self._committing = False
         self._done = False
 
     async def write(self, block: bytes) -> None:
@@ -163,6 +175,7 @@ class _S3Writer(ObjectWriter):
             await self._send_part()
 
     async def commit(self) -> ObjectInfo:
+        self._committing = True
         if self._upload_id is None:
             await self._s3.call("put_object", Key=self._key, Body=self._take_buffer())
         else:
@@ -187,11 +200,26 @@ class _S3Writer(ObjectWriter):
         for future in self._in_flight:
             future.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
-        if self._upload_id is not None:
-            with contextlib.suppress(NotFound):  # already gone
-                await self._s3.call(
-                    "abort_multipart_upload", Key=self._key, UploadId=self._upload_id
-                )
+        try:
+            await self._clean_up()
+        except ServiceError as e:
+            # Abort runs while another error is propagating: report, don't mask it.
+            log.warning("could not clean up after %s: %s", self._key, e.detail)
+
+    async def _clean_up(self) -> None:
+        if self._multipart:
+            # By listing, not by our id: a start cancelled in flight loses its id.
+            listing = await self._s3.call("list_multipart_uploads", Prefix=self._key)
+            for upload in listing.get("Uploads", []):
+                if upload["Key"] == self._key:
+                    with contextlib.suppress(NotFound):  # already gone
+                        await self._s3.call(
+                            "abort_multipart_upload", Key=self._key, UploadId=upload["UploadId"]
+                        )
+        if self._committing:
+            # A commit that failed may still have published (a lost answer):
+            # the key is this upload's own, so removing it is always safe.
+            await self._s3.call("delete_object", Key=self._key)
 
     def _take_buffer(self) -> bytes:
         body = b"".join(self._blocks)
@@ -201,6 +229,7 @@ class _S3Writer(ObjectWriter):
 
     async def _send_part(self) -> None:
         if self._upload_id is None:
+            self._multipart = True
             started = await self._s3.call("create_multipart_upload", Key=self._key)
             self._upload_id = str(started["UploadId"])
         if len(self._in_flight) >= PARTS_IN_FLIGHT:
