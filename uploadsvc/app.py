@@ -18,7 +18,7 @@ from .config import ConfigError, Settings, load_settings
 from .errors import StorageUnavailable, install_error_handlers
 from .pipeline import Pipeline, load_pipeline
 from .service import UploadService
-from .storage import Storage, open_storage
+from .storage import Storage, check_in_time, open_storage
 from .storage.files import FileStorage
 from .web import api, pages
 
@@ -56,31 +56,30 @@ def check_storage(app: FastAPI) -> None:
     service: UploadService = app.state.service
 
     async def both() -> None:
-        await service.storage.check()
-        await service.staging.check()
+        await check_in_time(service.storage, STARTUP_CHECK_TIMEOUT)
+        await check_in_time(service.staging, STARTUP_CHECK_TIMEOUT)
 
+    asyncio.run(both())
+
+
+def build_app_or_exit(config: Path | None = None) -> FastAPI:
+    """Settings -> app -> storage check, or one line on stderr and exit status 1.
+
+    Configuration and storage problems are the user's to fix: they get one
+    line naming the key or URL and the reason, never a traceback.
+    """
     try:
-        asyncio.run(asyncio.wait_for(both(), STARTUP_CHECK_TIMEOUT))
-    except TimeoutError:
-        raise StorageUnavailable(
-            f"storage {service.storage.url} did not answer in {STARTUP_CHECK_TIMEOUT:g} s"
-        ) from None
-
-
-def build_checked_app(config: Path | None = None) -> FastAPI:
-    """Settings -> app -> storage check; `ConfigError`/`StorageUnavailable` on a user's mistake."""
-    app = create_app(load_settings(config))
-    check_storage(app)
+        app = create_app(load_settings(config))
+        check_storage(app)
+    except (ConfigError, StorageUnavailable) as e:
+        print(f"uploadsvc: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
     return app
 
 
 def __getattr__(name: str) -> FastAPI:
     if name != "app":
         raise AttributeError(name)
-    try:
-        built = build_checked_app()
-    except (ConfigError, StorageUnavailable) as e:
-        print(f"uploadsvc: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+    built = build_app_or_exit()
     globals()["app"] = built
     return built

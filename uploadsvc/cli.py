@@ -7,15 +7,12 @@ one line on stderr and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import uvicorn
 
-from .app import build_checked_app
-from .config import ConfigError
-from .errors import StorageUnavailable
+from .app import build_app_or_exit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,11 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="listen port (default: [server] port)")
     args = parser.parse_args(argv)
 
-    try:
-        app = build_checked_app(args.config)
-    except (ConfigError, StorageUnavailable) as e:
-        print(f"uploadsvc: {e}", file=sys.stderr)
-        return 1
+    app = build_app_or_exit(args.config)
     server = app.state.settings.server
     uvicorn.run(
         app,

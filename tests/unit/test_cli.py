@@ -137,3 +137,18 @@ def test_plugin_that_fails_to_import_is_one_line_naming_it(tmp_path: Path) -> No
     )
     pythonpath = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
     assert "thumbs" in one_line_error(serve(config, PYTHONPATH=pythonpath))
+
+
+def test_malformed_bucket_name_is_one_line(tmp_path: Path) -> None:
+    """botocore's own message spans two lines; the user still gets one."""
+    config = write_config(
+        tmp_path,
+        """
+        [storage]
+        url = "s3://bad!bucket/p"
+        [storage.options]
+        endpoint_url = "http://127.0.0.1:9"
+        """,
+    )
+    line = one_line_error(serve(config, AWS_MAX_ATTEMPTS="1"))
+    assert "bad!bucket" in line

@@ -13,9 +13,9 @@ import fsspec
 
 from ..errors import StorageUnavailable
 from .files import FileStorage
-from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage
+from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, check_in_time
 
-__all__ = ["BLOCK_SIZE", "ObjectInfo", "ObjectWriter", "Storage", "open_storage"]
+__all__ = ["BLOCK_SIZE", "ObjectInfo", "ObjectWriter", "Storage", "check_in_time", "open_storage"]
 
 _OBJECT_STORES = {"s3", "s3a"}
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from ..errors import StorageUnavailable
+
 #: Size of the blocks that move between the ingest, the hash and the backend.
 #: Large enough that per-call overhead (thread hops, syscalls) vanishes, small
 #: enough that memory stays flat.
@@ -123,6 +125,14 @@ class Storage(ABC):
             async for block in read_blocks(path.open):
                 await writer.write(block)
             return await writer.commit()
+
+
+async def check_in_time(storage: Storage, seconds: float) -> None:
+    """`storage.check()`, where silence for `seconds` also counts as unavailable."""
+    try:
+        await asyncio.wait_for(storage.check(), seconds)
+    except TimeoutError:
+        raise StorageUnavailable(f"storage {storage.url} did not answer in {seconds:g} s") from None
 
 
 async def read_blocks(

@@ -7,7 +7,6 @@ them. Errors are raised as domain errors and rendered by the one handler in
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from ..errors import (
 )
 from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
 from ..service import UploadService
+from ..storage import check_in_time
 from .downloads import byte_range, download_headers, etag
 from .templating import templates, wants_html
 
@@ -206,11 +206,5 @@ async def delete_upload(request: Request, upload_id: UploadId) -> Response:
 
 @router.get("/healthz", response_model=Health, responses=error_responses(StorageUnavailable))
 async def healthz(request: Request) -> Health:
-    storage = _service(request).storage
-    try:
-        await asyncio.wait_for(storage.check(), HEALTH_TIMEOUT)
-    except TimeoutError:
-        raise StorageUnavailable(
-            f"storage {storage.url} did not answer in {HEALTH_TIMEOUT:g} s"
-        ) from None
+    await check_in_time(_service(request).storage, HEALTH_TIMEOUT)
     return Health(status="ok")
