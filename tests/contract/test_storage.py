@@ -322,3 +322,14 @@ def test_cancelled_writer_leaves_nothing(backend: Backend, cancel_after: int | s
 
     run(scenario, backend)
     assert backend.leftovers() == []
+
+
+@pytest.mark.parametrize("key", ["", ".", "..", "../x", "a/b", "a\\b", "a\0b"])
+def test_keys_that_are_paths_are_refused(backend: Backend, key: str) -> None:
+    async def scenario(storage: Storage) -> None:
+        with pytest.raises(ValueError, match="invalid storage key"):
+            await storage.size(key)
+        with pytest.raises(ValueError, match="invalid storage key"):
+            storage.create(key)
+
+    run(scenario, backend)

@@ -36,7 +36,7 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import NotFound, PreconditionFailed, StorageUnavailable
 from ..offload import Lane
-from .interface import ObjectInfo, ObjectWriter, Storage, read_blocks
+from .interface import ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
 
 #: Start the kernel's writeback after this many new bytes (local disk only).
 FLUSH_EVERY = 16 << 20
@@ -58,7 +58,7 @@ class FileStorage(Storage):
         self._small_lock = threading.Lock()
 
     def path(self, key: str) -> str:
-        return f"{self.root}/{key}"
+        return f"{self.root}/{checked_key(key)}"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(_translated, self, fn, *args)

@@ -127,6 +127,13 @@ class Storage(ABC):
             return await writer.commit()
 
 
+def checked_key(key: str) -> str:
+    """A key is one plain name: never a path that could leave the storage root."""
+    if not key or "/" in key or "\\" in key or key in (".", "..") or "\0" in key:
+        raise ValueError(f"invalid storage key {key!r}")
+    return key
+
+
 async def check_in_time(storage: Storage, seconds: float) -> None:
     """`storage.check()`, where silence for `seconds` also counts as unavailable."""
     try:

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from s3fs import S3FileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
-from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage
+from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
 #: PART_SIZE * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
@@ -54,7 +54,7 @@ class S3Storage(Storage):
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
 
     def object_key(self, key: str) -> str:
-        return f"{self.prefix}{key}"
+        return f"{self.prefix}{checked_key(key)}"
 
     async def on_fs_loop(self, coro: Coroutine[Any, Any, T]) -> T:
         """Await a coroutine on s3fs's loop thread, translating its errors.
