@@ -147,6 +147,21 @@ def test_download_whole_and_ranges(live: Live, payload: bytes) -> None:
 
     cached = live.http.get(url, headers={"If-None-Match": whole.headers["etag"]})
     assert cached.status_code == 304 and cached.content == b""
+    listed = live.http.get(url, headers={"If-None-Match": f'"other", W/{whole.headers["etag"]}'})
+    assert listed.status_code == 304
+    assert live.http.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
+
+    head = live.http.head(url)
+    assert (head.status_code, head.headers["content-length"], head.content) == (200, str(SIZE), b"")
+
+
+def test_download_keeps_the_declared_type_without_inventing_a_charset(live: Live) -> None:
+    record = live.http.post(
+        "/upload-blocking/", files={"file": ("latin.txt", "é".encode("latin-1"), "text/plain")}
+    ).json()
+    response = live.http.get(record["url"])
+    assert response.headers["content-type"] == "text/plain"
+    assert response.content == b"\xe9"
 
 
 def test_delete_removes_bytes_and_record(live: Live) -> None:

@@ -27,7 +27,7 @@ from ..errors import (
 from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
 from ..service import UploadService
 from ..storage import check_in_time
-from .downloads import byte_range, download_headers, etag
+from .downloads import byte_range, download_headers, not_modified
 from .templating import templates, wants_html
 
 router = APIRouter()
@@ -162,19 +162,27 @@ async def get_content(request: Request, upload_id: UploadId) -> Response:
     if record.status is not Status.completed:
         raise Conflict(f"upload {upload_id} is {record.status.value}, not completed")
     headers = download_headers(record)
-    if request.headers.get("if-none-match") in (etag(record), "*"):
+    if not_modified(request.headers.get("if-none-match"), record):
         return Response(status_code=304, headers=headers)
     wanted = byte_range(request.headers.get("range"), request.headers.get("if-range"), record)
     start, end = wanted or (0, record.size)
     headers["Content-Length"] = str(end - start)
+    # Set as a header, not media_type: Starlette would append "; charset=utf-8"
+    # to text types, claiming an encoding the uploader never declared.
+    headers["Content-Type"] = record.content_type
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
     return StreamingResponse(
         await _opened(service.storage.read(upload_id, start, end)),
         status_code=206 if wanted else 200,
-        media_type=record.content_type,
         headers=headers,
     )
+
+
+# HEAD answers with the same headers (clients check size and ETag before a download).
+router.add_api_route(
+    "/uploads/{upload_id}/content", get_content, methods=["HEAD"], include_in_schema=False
+)
 
 
 async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -206,5 +214,7 @@ async def delete_upload(request: Request, upload_id: UploadId) -> Response:
 
 @router.get("/healthz", response_model=Health, responses=error_responses(StorageUnavailable))
 async def healthz(request: Request) -> Health:
-    await check_in_time(_service(request).storage, HEALTH_TIMEOUT)
+    service = _service(request)
+    await check_in_time(service.storage, HEALTH_TIMEOUT)
+    await check_in_time(service.staging, HEALTH_TIMEOUT)  # background uploads land there first
     return Health(status="ok")

@@ -18,6 +18,14 @@ def etag(record: UploadRecord) -> str:
     return f'"{record.sha256}"'
 
 
+def not_modified(if_none_match: str | None, record: UploadRecord) -> bool:
+    """True when `If-None-Match` names our ETag (weakly compared, as RFC 9110 asks) or is `*`."""
+    if if_none_match is None:
+        return False
+    tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in tags or etag(record) in tags
+
+
 def byte_range(
     header: str | None, if_range: str | None, record: UploadRecord
 ) -> tuple[int, int] | None:
