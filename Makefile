@@ -23,7 +23,7 @@ run: $(VENV)/.run-installed
 
 lint: $(VENV)/.test-installed
 	$(BIN)/ruff check uploadsvc tests benchmarks plugins
-	$(BIN)/ruff format --check uploadsvc tests plugins
+	$(BIN)/ruff format --check uploadsvc tests benchmarks plugins
 	$(BIN)/mypy
 
 test: $(VENV)/.test-installed lint

@@ -1,0 +1,196 @@
+"""Turn one run's results into markdown tables (stdout) and a JSON document (file).
+
+Every throughput figure is printed beside its limit and the ratio to it, since absolute
+figures on a shared VM drift from run to run while ratios measured in the same run hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+from scenarios import ConcurrencyResult, HealthResult, Row
+from targets import Results, Target
+from workspace import MiB, human_size
+
+DASH = "-"
+
+
+def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
+    return DASH if value is None else f"{value:,.{digits}f}{suffix}"
+
+
+TEXT_COLUMNS = {"row", "app", "target", "rule", "verdict", "note"}
+
+
+def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
+    """A pipe table; figures right-aligned, words left-aligned."""
+    align = ["---" if h in TEXT_COLUMNS else "---:" for h in headers]
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join(align) + " |"]
+    out += ["| " + " | ".join(cells) + " |" for cells in lines]
+    return "\n".join(out)
+
+
+def row_label(row: Row) -> str:
+    if row.mode == "limit":
+        where = "local disk" if row.storage == "local" else "moto"
+        return f"limit: {row.app} ({where})"
+    return f"{row.app} {'S3' if row.storage == 's3' else row.storage} {row.mode}"
+
+
+def row_note(row: Row) -> str:
+    if row.error:
+        return f"ERROR: {row.error[:120]}"
+    notes = []
+    if row.arrival_ratio is not None:
+        notes.append(f"202 at {row.arrival_ratio:.2f}x the last byte's send time")
+    if row.slowest_poll_ms is not None:
+        notes.append(f"slowest status poll {row.slowest_poll_ms:,.0f} ms")
+    if row.mode == "limit" and row.storage == "s3":
+        notes.append("server CPU is moto's")
+    if row.mode == "limit" and row.storage == "local":
+        notes.append("client CPU is cp's + sync's")
+    return "; ".join(notes)
+
+
+def throughput_table(rows: Sequence[Row]) -> str:
+    headers = [
+        "row",
+        "size",
+        "MiB/s",
+        "limit MiB/s",
+        "x limit",
+        "peak RSS MiB",
+        "server CPU s/GiB",
+        "client CPU s/GiB",
+        "note",
+    ]
+    lines = [
+        [
+            row_label(r),
+            human_size(r.size),
+            fmt(r.mib_s),
+            DASH if r.mode == "limit" else fmt(r.limit_mib_s),
+            DASH if r.mode == "limit" else fmt(r.ratio, 2, "x"),
+            fmt(None if r.peak_rss_bytes is None else r.peak_rss_bytes / MiB),
+            fmt(r.server_cpu_s_per_gib, 2),
+            fmt(r.client_cpu_s_per_gib, 2),
+            row_note(r),
+        ]
+        for r in rows
+    ]
+    return markdown_table(headers, lines)
+
+
+def concurrency_table(results: Sequence[ConcurrencyResult]) -> str:
+    headers = [
+        "app",
+        "uploads",
+        "uploads/s",
+        "p50 ms",
+        "p99 ms",
+        "server CPU ms/upload",
+        "client CPU ms/upload",
+        "peak RSS MiB",
+        "note",
+    ]
+    lines = [
+        [
+            c.app,
+            f"{c.count} x {human_size(c.size)}",
+            fmt(c.uploads_per_s),
+            fmt(c.p50_ms, 1),
+            fmt(c.p99_ms, 1),
+            fmt(c.server_cpu_ms_per_upload, 2),
+            fmt(c.client_cpu_ms_per_upload, 2),
+            fmt(None if c.peak_rss_bytes is None else c.peak_rss_bytes / MiB),
+            f"ERROR: {c.error[:120]}" if c.error else "",
+        ]
+        for c in results
+    ]
+    return markdown_table(headers, lines)
+
+
+def healthz_table(results: Sequence[HealthResult]) -> str:
+    headers = [
+        "app",
+        "during upload of",
+        "probes",
+        "p50 ms",
+        "p99 ms",
+        "max ms (all runs)",
+        "failed",
+        "upload MiB/s",
+        "note",
+    ]
+    lines = [
+        [
+            h.app,
+            human_size(h.size),
+            fmt(h.probes),
+            fmt(h.p50_ms, 2),
+            fmt(h.p99_ms, 2),
+            fmt(h.max_ms, 1),
+            fmt(h.failed_probes),
+            fmt(h.upload_mib_s),
+            f"ERROR: {h.error[:120]}" if h.error else "",
+        ]
+        for h in results
+    ]
+    return markdown_table(headers, lines)
+
+
+def targets_table(targets: Sequence[Target]) -> str:
+    def value(t: Target) -> str:
+        if t.value is None:
+            return DASH
+        if t.unit == "x":
+            return f"{t.value:.2f}x"
+        return f"{t.value:.{1 if t.unit in ('ms', 'MiB') else 2}f} {t.unit}"
+
+    lines = [[t.name, value(t), t.rule, t.verdict, t.context] for t in targets]
+    return markdown_table(["target", "measured", "rule", "verdict", "note"], lines)
+
+
+def render(meta: dict[str, Any], results: Results, targets: Sequence[Target]) -> str:
+    parts = [
+        "# uploadsvc benchmark",
+        "",
+        ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, list | dict)),
+        "",
+        "## Single uploads (median of runs)",
+        "",
+        throughput_table(results.rows),
+        "",
+        "## Many small uploads at once (blocking, local)",
+        "",
+        concurrency_table(results.concurrency),
+        "",
+        "## /healthz latency from a separate process during a blocking upload",
+        "",
+        healthz_table(results.healthz),
+        "",
+        "## Targets",
+        "",
+        targets_table(targets),
+    ]
+    notes = meta.get("notes") or []
+    if notes:
+        parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]
+    return "\n".join(parts) + "\n"
+
+
+def to_json(meta: dict[str, Any], results: Results, targets: Sequence[Target]) -> dict[str, Any]:
+    rows = []
+    for row in results.rows:
+        data = dataclasses.asdict(row)
+        data["ratio_to_limit"] = row.ratio
+        rows.append(data)
+    return {
+        "meta": meta,
+        "rows": rows,
+        "concurrency": [dataclasses.asdict(c) for c in results.concurrency],
+        "healthz": [dataclasses.asdict(h) for h in results.healthz],
+        "targets": [dataclasses.asdict(t) for t in targets],
+    }

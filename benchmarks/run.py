@@ -1,0 +1,359 @@
+"""Benchmark uploadsvc against its limits and a tutorial-style FastAPI peer, in one command.
+
+    python benchmarks/run.py [--quick] [--json OUT]
+
+(`make bench` / `make bench-quick` run it with the project's virtualenv.) Takes a few minutes
+on 2 cores; `--quick` about one. Everything runs on this machine, on 127.0.0.1 only: real
+uvicorn server processes with one worker, moto's S3 server as its own process, clients in
+processes of their own. Files of random bytes are made in a temporary folder on the same
+filesystem as every storage root; the folder and every process started are removed at the
+end, also after an error or Ctrl-C.
+
+What is measured, in this order:
+  1. the disk's limit: `cp FILE DEST && sync` of the same files;
+  2. the baseline app (benchmarks/baseline_app.py): blocking uploads to a local folder,
+     64 concurrent 1 MiB uploads, /healthz latency during a big upload;
+  3. uploadsvc, local folder: blocking and background uploads, the same two other rows;
+  4. S3, last (see `measure_s3` for why): moto started, the s3fs `put_file` limit, then
+     uploadsvc's blocking and background uploads to it.
+How each row is timed is in scenarios.py; the targets and their reading in targets.py.
+
+Needs the project's dependencies, plus moto[server] and boto3 (the `test` extra) for the S3
+rows; a missing package is named at start, with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import report
+import scenarios
+from clients import Clients
+from scenarios import BASELINE, UPLOADSVC, Bench, ConcurrencyResult, HealthResult, Row
+from servers import ProcessPool
+from targets import Results, evaluate
+from workspace import GiB, MiB, SourceFile, Workspace, human_size
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_JSON = BENCH_DIR / "results" / "latest.json"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and repetitions: the full run, or the quick one for checking the harness."""
+
+    small: int
+    large: int
+    healthz: int
+    runs: int
+
+
+FULL = Plan(small=256 * MiB, large=1 * GiB, healthz=1 * GiB, runs=3)
+QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1)
+
+# Module name -> what to install. Checked before anything starts, so a missing package is
+# one clear line, not a server that dies with a traceback in a log file.
+NEEDED = {
+    "fastapi": "the project's dependencies: make run (or pip install -e .)",
+    "uvicorn": "the project's dependencies: make run (or pip install -e .)",
+    "multipart": "the project's dependencies: make run (or pip install -e .)",
+}
+NEEDED_S3 = {
+    "s3fs": "the project's dependencies: make run (or pip install -e .)",
+    "boto3": "the test extra: make test (or pip install -e '.[test]')",
+    "moto": "the test extra: make test (or pip install -e '.[test]')",
+    "flask": "moto's server extra: make test (or pip install -e '.[test]')",
+    "flask_cors": "moto's server extra: make test (or pip install -e '.[test]')",
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Benchmark uploadsvc against cp+sync, raw s3fs and a tutorial FastAPI app."
+    )
+    parser.add_argument("--quick", action="store_true", help="1 run, 32/128 MiB files")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
+    parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
+    parser.add_argument("--no-s3", action="store_true", help="skip moto and every S3 row")
+    parser.add_argument(
+        "--apps", default=f"{BASELINE},{UPLOADSVC}", help="comma-separated subset of the apps"
+    )
+    parser.add_argument(
+        "--client",
+        choices=["python", "curl"],
+        default="python",
+        help="single-upload client: sendfile(2) Python client (default) or curl",
+    )
+    parser.add_argument("--tmpdir", type=Path, help="where to make the temporary folder")
+    parser.add_argument("--keep-tmp", action="store_true", help="keep it, with server logs")
+    args = parser.parse_args(argv)
+    args.apps = [a for a in args.apps.split(",") if a]
+    unknown = set(args.apps) - {BASELINE, UPLOADSVC}
+    if unknown:
+        parser.error(f"unknown app(s): {', '.join(sorted(unknown))}")
+    if args.runs is not None and not 1 <= args.runs <= 15:
+        parser.error("--runs must be between 1 and 15")
+    return args
+
+
+def missing_packages(need_s3: bool) -> list[str]:
+    needed = {**NEEDED, **(NEEDED_S3 if need_s3 else {})}
+    return [
+        f"{module} ({how})"
+        for module, how in needed.items()
+        if not importlib.util.find_spec(module)
+    ]
+
+
+def child_env() -> dict[str, str]:
+    """The environment for every child: dummy AWS credentials and region for moto, nothing
+    read from the user's AWS files, no instance-metadata look-ups, no proxy for 127.0.0.1, and
+    the checkout on PYTHONPATH so `python -m uploadsvc` works without an install too."""
+    env = dict(os.environ)
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        env.pop(key, None)
+    env.update(
+        AWS_ACCESS_KEY_ID="benchmark",
+        AWS_SECRET_ACCESS_KEY="benchmark",
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+        PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+    )
+    return env
+
+
+def raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the `finally` blocks stop every process we started."""
+    raise SystemExit(128 + signum)
+
+
+def upload_rows(bench: Bench, app: str, storage: str, mode: str, src: SourceFile) -> list[Row]:
+    if mode == "blocking":
+        return [scenarios.measure_blocking(bench, app, storage, src)]
+    return scenarios.measure_background(bench, storage, src)
+
+
+def failed_rows(app: str, storage: str, mode: str, size: int, error: str | None) -> list[Row]:
+    modes = [mode] if mode == "blocking" else ["background 202", "background completed"]
+    return [Row(app, storage, m, size, error=error) for m in modes]
+
+
+def measure_uploads(
+    bench: Bench,
+    app: str,
+    kinds: list[tuple[str, str]],
+    files: dict[int, SourceFile],
+    plan: Plan,
+    results: Results,
+) -> None:
+    """Upload rows of one app, for each (storage, mode) at both sizes, a fresh server each.
+    A failed row is recorded with its error and the rest go on."""
+    for storage, mode in kinds:
+        for size in (plan.small, plan.large):
+            rows, error = scenarios.attempt(
+                f"{app} {storage} {mode} {human_size(size)}",
+                partial(upload_rows, bench, app, storage, mode, files[size]),
+            )
+            results.rows.extend(rows or failed_rows(app, storage, mode, size, error))
+
+
+def measure_local_app(
+    bench: Bench, app: str, files: dict[int, SourceFile], plan: Plan, results: Results
+) -> None:
+    """Every local-storage row of one app: uploads, 64 at once, /healthz under load."""
+    kinds = [("local", "blocking")] + ([("local", "background")] if app == UPLOADSVC else [])
+    measure_uploads(bench, app, kinds, files, plan, results)
+
+    conc, error = scenarios.attempt(
+        f"{app} 64 x 1 MiB concurrent", partial(scenarios.measure_concurrency, bench, app)
+    )
+    results.concurrency.append(conc or ConcurrencyResult(app, 64, MiB, error=error))
+
+    local = [r for r in results.rows if (r.app, r.storage, r.mode) == (app, "local", "blocking")]
+    speeds = [r.mib_s for r in local if r.mib_s]
+    expected_mib_s = speeds[-1] if speeds else 200.0  # sets the probe interval only
+    health, error = scenarios.attempt(
+        f"{app} /healthz during {human_size(plan.healthz)} upload",
+        partial(scenarios.measure_healthz, bench, app, files[plan.healthz], expected_mib_s),
+    )
+    results.healthz.append(health or HealthResult(app, plan.healthz, error=error))
+
+
+def measure_cp_limits(
+    bench: Bench, files: dict[int, SourceFile], plan: Plan, results: Results
+) -> None:
+    for size in (plan.small, plan.large):
+        row, error = scenarios.attempt(
+            f"limit cp+sync {human_size(size)}",
+            partial(scenarios.measure_cp_sync, bench, files[size]),
+        )
+        results.rows.append(row or Row("cp + sync", "local", "limit", size, error=error))
+
+
+def measure_s3(
+    bench: Bench, with_uploadsvc: bool, files: dict[int, SourceFile], plan: Plan, results: Results
+) -> str | None:
+    """moto, the s3fs limit, then uploadsvc's S3 rows; moto is stopped after.
+
+    Runs after every local row on purpose: moto and s3fs moving GiBs leave this VM's memory
+    in a state that slowed the next local 1 GiB uploads by a third (baseline: 300 instead of
+    495 MiB/s, in the same session). Returns None, or why the S3 rows could not run.
+    """
+    try:
+        scenarios.start_moto(bench)
+    except Exception as e:
+        return f"moto did not start: {e}"
+    try:
+        for size in (plan.small, plan.large):
+            row, error = scenarios.attempt(
+                f"limit s3fs put_file {human_size(size)}",
+                partial(scenarios.measure_s3fs_put, bench, files[size]),
+            )
+            results.rows.append(row or Row("s3fs put_file", "s3", "limit", size, error=error))
+        if with_uploadsvc:
+            kinds = [("s3", "blocking"), ("s3", "background")]
+            measure_uploads(bench, UPLOADSVC, kinds, files, plan, results)
+    finally:
+        scenarios.stop_moto(bench)
+    return None
+
+
+def uploadsvc_problem(bench: Bench) -> str | None:
+    """Why uploadsvc can't be benchmarked (not written yet, or does not start), else None."""
+    if not (REPO / "uploadsvc" / "cli.py").is_file():
+        return "uploadsvc/cli.py does not exist yet"
+    try:
+        with scenarios.running_app(bench, UPLOADSVC, "local", "smoke"):
+            return None
+    except Exception as e:
+        return f"`python -m uploadsvc serve` did not start: {e}"
+
+
+def attach_limits(rows: list[Row]) -> None:
+    """Give each app row the limit measured for its storage and size."""
+    limits = {(r.storage, r.size): r.mib_s for r in rows if r.mode == "limit" and r.mib_s}
+    for row in rows:
+        if row.mode != "limit":
+            row.limit_mib_s = limits.get((row.storage, row.size))
+
+
+def run(
+    args: argparse.Namespace, plan: Plan, meta: dict[str, Any], ws: Workspace, pool: ProcessPool
+) -> Results:
+    env = child_env()
+    os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})  # boto3, here
+    bench = Bench(
+        python=sys.executable,
+        repo=REPO,
+        bench_dir=BENCH_DIR,
+        env=env,
+        ws=ws,
+        pool=pool,
+        clients=Clients(sys.executable, BENCH_DIR / "loadgen.py", env, kind=args.client),
+        runs=plan.runs,
+    )
+    results = Results([], [], [])
+    notes: list[str] = meta["notes"]
+    sizes = sorted({plan.small, plan.large, plan.healthz})
+    ws.check_space(sum(sizes) + 3 * max(sizes) + GiB)
+
+    scenarios.log(f"making random files: {', '.join(human_size(s) for s in sizes)} in {ws.root}")
+    files = {size: ws.make_file(size, seed=size) for size in sizes}
+
+    measure_cp_limits(bench, files, plan, results)
+    uploadsvc_ok = False
+    for app in args.apps:
+        if app == UPLOADSVC:
+            problem = uploadsvc_problem(bench)
+            if problem:
+                notes.append(f"uploadsvc rows skipped: {problem}")
+                scenarios.log(notes[-1])
+                continue
+            uploadsvc_ok = True
+        measure_local_app(bench, app, files, plan, results)
+    if not args.no_s3:
+        problem = measure_s3(bench, uploadsvc_ok, files, plan, results)
+        if problem:
+            notes.append(f"S3 rows skipped: {problem}")
+            scenarios.log(notes[-1])
+
+    attach_limits(results.rows)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    if args.runs:
+        plan = Plan(plan.small, plan.large, plan.healthz, args.runs)
+    missing = missing_packages(need_s3=not args.no_s3)
+    if missing:
+        print(
+            "benchmarks/run.py: missing Python packages for " + sys.executable + ":",
+            file=sys.stderr,
+        )
+        for line in missing:
+            print(f"  - {line}", file=sys.stderr)
+        print("(or pass --no-s3 to skip moto and the S3 rows)", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, raise_on_sigterm)
+
+    meta: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "mode": "quick" if args.quick else "full",
+        "runs per figure": plan.runs,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "client": args.client,
+        "notes": [],
+    }
+    if args.quick:
+        meta["notes"].append("quick run: small files and 1 run per figure; targets indicative only")
+    started = time.monotonic()
+    ws = Workspace(args.tmpdir)
+    try:
+        with ProcessPool(ws.logs) as pool:
+            results = run(args, plan, meta, ws, pool)
+    finally:
+        if args.keep_tmp:
+            scenarios.log(f"kept {ws.root}")
+        else:
+            ws.close()
+    meta["duration s"] = round(time.monotonic() - started)
+    targets = evaluate(results, plan.small, plan.large, plan.healthz)
+
+    print(report.render(meta, results, targets), end="")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report.to_json(meta, results, targets), indent=2) + "\n")
+    scenarios.log(f"JSON written to {args.json}")
+    errors = [r.error for r in results.rows]
+    errors += [c.error for c in results.concurrency] + [h.error for h in results.healthz]
+    return 1 if any(errors) else 0
+
+
+if __name__ == "__main__":
+    if shutil.which("sync") is None:
+        raise SystemExit("benchmarks/run.py needs the `sync` command (coreutils)")
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("interrupted: every process it started was stopped", file=sys.stderr)
+        sys.exit(130)
