@@ -28,6 +28,8 @@ def record_key(upload_id: str) -> str:
 
 
 class Records:
+    """The records of one storage; every method reads or writes the backend (no cache)."""
+
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 

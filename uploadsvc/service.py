@@ -36,6 +36,11 @@ FINAL = frozenset({Status.completed, Status.failed})
 
 
 class UploadService:
+    """Both upload paths over one storage, one staging folder and one pipeline.
+
+    Holds no per-upload state between calls, so any instance can run any step.
+    """
+
     def __init__(
         self,
         storage: Storage,

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 
 class FileStorage(Storage):
+    """Keys are files directly under `root`; see the module docstring for the guarantees."""
+
     def __init__(self, fs: AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
@@ -175,6 +177,8 @@ class FileStorage(Storage):
 
 
 class _FileWriter(ObjectWriter):
+    """Writes `<key>.<random>.part` on a lane; commit fsyncs and renames it onto the key."""
+
     def __init__(self, storage: FileStorage, key: str) -> None:
         self._storage = storage
         self._key = key

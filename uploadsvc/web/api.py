@@ -52,7 +52,6 @@ _MULTIPART_BODY: dict[str, Any] = {
         },
     }
 }
-UploadId = Annotated[str, "upload id"]
 
 
 def _service(request: Request) -> UploadService:
@@ -139,7 +138,7 @@ async def list_uploads(
     response_model=UploadRecord,
     responses=error_responses(NotFound, StorageUnavailable),
 )
-async def get_upload(request: Request, upload_id: UploadId) -> Response:
+async def get_upload(request: Request, upload_id: str) -> Response:
     record = await _service(request).records.get(upload_id)
     if wants_html(request):
         return templates.TemplateResponse(request, "record.html", {"record": record})
@@ -156,7 +155,7 @@ async def get_upload(request: Request, upload_id: UploadId) -> Response:
         **error_responses(NotFound, Conflict, RangeNotSatisfiable, StorageUnavailable),
     },
 )
-async def get_content(request: Request, upload_id: UploadId) -> Response:
+async def get_content(request: Request, upload_id: str) -> Response:
     service = _service(request)
     record = await service.records.get(upload_id)
     if record.status is not Status.completed:
@@ -207,7 +206,7 @@ async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     status_code=204,
     responses=error_responses(NotFound, StorageUnavailable),
 )
-async def delete_upload(request: Request, upload_id: UploadId) -> Response:
+async def delete_upload(request: Request, upload_id: str) -> Response:
     await _service(request).delete(upload_id)
     return Response(status_code=204)
 
