@@ -97,6 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """Render every error as `{"detail", "code"}` JSON, or as a page for browsers."""
     from fastapi.exceptions import RequestValidationError
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
 
     async def service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
@@ -116,6 +117,12 @@ def install_error_handlers(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first["loc"])
         return render_error(request, 400, BadRequest.code, f"{where}: {first['msg']}")
 
+    async def disconnected(request: Request, exc: Exception) -> Response:
+        # Nobody is left to read it; the answer is for the log.
+        return render_error(
+            request, 400, BadRequest.code, "upload interrupted: the client disconnected"
+        )
+
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return render_error(request, 500, ServiceError.code, "internal error")
@@ -123,6 +130,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(ClientDisconnect, disconnected)
     app.add_exception_handler(Exception, unexpected)
 
 

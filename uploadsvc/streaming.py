@@ -113,7 +113,7 @@ class _Collector:
         self.size += end - start
         if self.size > self.limit:
             raise PayloadTooLarge(f"file is larger than the limit of {self.limit} bytes")
-        # A view, not a copy: the blocks are joined from these views.
+        # A view, not a copy: writers and the hash take these views as they are.
         self.pending.append(memoryview(data)[start:end])
         self.pending_bytes += end - start
 
@@ -123,11 +123,15 @@ class _Collector:
     def on_end(self) -> None:
         self.ended = True
 
-    def take(self) -> bytes:
-        block = b"".join(self.pending)
-        self.pending.clear()
+    def take(self) -> list[memoryview]:
+        block, self.pending = self.pending, []
         self.pending_bytes = 0
         return block
+
+
+def _hash_all(digest: hashlib._Hash, pieces: list[memoryview]) -> None:
+    for piece in pieces:
+        digest.update(piece)
 
 
 def multipart_parser(content_type: str | None, collector: _Collector) -> MultipartParser:
@@ -176,7 +180,7 @@ async def receive_file(
                 raise BadRequest(f"malformed multipart body: {e}") from None
             if collector.pending_bytes >= BLOCK_SIZE:
                 block = collector.take()
-                await hashing.submit(digest.update, block)
+                await hashing.submit(_hash_all, digest, block)
                 await writer.write(block)
         parser.finalize()
         if not collector.ended:
@@ -184,12 +188,13 @@ async def receive_file(
         if collector.filename is None:
             raise BadRequest(f"no file in field {FILE_FIELD!r}")
         if collector.pending_bytes:
+            small = collector.pending_bytes < _INLINE_HASH_BELOW
             block = collector.take()
-            if len(block) >= _INLINE_HASH_BELOW:
-                await hashing.submit(digest.update, block)
-            else:
+            if small:
                 await hashing.drain()
-                digest.update(block)
+                _hash_all(digest, block)
+            else:
+                await hashing.submit(_hash_all, digest, block)
             await writer.write(block)
         await hashing.drain()
     except BaseException:

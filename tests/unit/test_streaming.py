@@ -17,6 +17,7 @@ import pytest
 
 from uploadsvc.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from uploadsvc.storage import BLOCK_SIZE, ObjectInfo, ObjectWriter
+from uploadsvc.storage.interface import Buffers
 from uploadsvc.streaming import (
     FRAMING_ALLOWANCE,
     Received,
@@ -38,10 +39,12 @@ class FakeWriter(ObjectWriter):
         self.committed = False
         self.aborted = False
 
-    async def write(self, block: bytes) -> None:
-        assert isinstance(block, bytes), "writers are promised immutable bytes"
+    async def write(self, data: Buffers) -> None:
         assert not (self.committed or self.aborted)
-        self.blocks.append(block)
+        for piece in data:
+            view = memoryview(piece)
+            assert view.readonly, "writers are promised immutable buffers"
+        self.blocks.append(b"".join(data))
 
     async def commit(self) -> ObjectInfo:
         self.committed = True

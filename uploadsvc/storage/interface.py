@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +35,12 @@ from ..errors import StorageUnavailable
 BLOCK_SIZE = 1 << 20
 
 
+#: What a writer is handed: the received pieces of one block, as they came off
+#: the socket. Joining them would copy every byte once more; writev and
+#: hashing take them as they are.
+Buffers = Sequence[bytes | memoryview]
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -44,12 +50,13 @@ class ObjectInfo:
 class ObjectWriter(ABC):
     """A new object being written; invisible until `commit`.
 
-    `write` may return before the block is on the backend (the write overlaps
-    the next receive), so the caller hands over immutable `bytes`.
+    `write` may return before the data is on the backend (the write overlaps
+    the next receive), so the caller hands over immutable buffers (`bytes`, or
+    views of `bytes`) and does not reuse them.
     """
 
     @abstractmethod
-    async def write(self, block: bytes) -> None: ...
+    async def write(self, data: Buffers) -> None: ...
 
     @abstractmethod
     async def commit(self) -> ObjectInfo: ...
@@ -123,7 +130,7 @@ class Storage(ABC):
         """
         async with self.create(key) as writer:
             async for block in read_blocks(path.open):
-                await writer.write(block)
+                await writer.write((block,))
             return await writer.commit()
 
 
