@@ -113,7 +113,7 @@ class _Collector:
         self.size += end - start
         if self.size > self.limit:
             raise PayloadTooLarge(f"file is larger than the limit of {self.limit} bytes")
-        # A view, not a copy: writers and the hash take these views as they are.
+        # A view, not a copy: the blocks are joined from these views.
         self.pending.append(memoryview(data)[start:end])
         self.pending_bytes += end - start
 
@@ -123,15 +123,11 @@ class _Collector:
     def on_end(self) -> None:
         self.ended = True
 
-    def take(self) -> list[memoryview]:
-        block, self.pending = self.pending, []
+    def take(self) -> bytes:
+        block = b"".join(self.pending)
+        self.pending.clear()
         self.pending_bytes = 0
         return block
-
-
-def _hash_all(digest: hashlib._Hash, pieces: list[memoryview]) -> None:
-    for piece in pieces:
-        digest.update(piece)
 
 
 def multipart_parser(content_type: str | None, collector: _Collector) -> MultipartParser:
@@ -180,7 +176,7 @@ async def receive_file(
                 raise BadRequest(f"malformed multipart body: {e}") from None
             if collector.pending_bytes >= BLOCK_SIZE:
                 block = collector.take()
-                await hashing.submit(_hash_all, digest, block)
+                await hashing.submit(digest.update, block)
                 await writer.write(block)
         parser.finalize()
         if not collector.ended:
@@ -188,13 +184,12 @@ async def receive_file(
         if collector.filename is None:
             raise BadRequest(f"no file in field {FILE_FIELD!r}")
         if collector.pending_bytes:
-            small = collector.pending_bytes < _INLINE_HASH_BELOW
             block = collector.take()
-            if small:
-                await hashing.drain()
-                _hash_all(digest, block)
+            if len(block) >= _INLINE_HASH_BELOW:
+                await hashing.submit(digest.update, block)
             else:
-                await hashing.submit(_hash_all, digest, block)
+                await hashing.drain()
+                digest.update(block)
             await writer.write(block)
         await hashing.drain()
     except BaseException:

@@ -51,7 +51,7 @@ def test_commit_publishes_exact_bytes_and_nothing_before(backend: Backend, size:
     async def scenario(storage: Storage) -> None:
         async with storage.create("obj") as writer:
             for block in parts:
-                await writer.write([block])
+                await writer.write(block)
             assert "obj" not in await storage.list()
             with pytest.raises(NotFound):
                 await storage.size("obj")
@@ -75,7 +75,7 @@ def test_exception_inside_writer_aborts_and_leaves_nothing(backend: Backend, siz
         with pytest.raises(RuntimeError):
             async with storage.create("obj") as writer:
                 for block in blocks(size):
-                    await writer.write([block])
+                    await writer.write(block)
                 raise RuntimeError("client went away")
         assert await storage.list() == []
 
@@ -86,7 +86,7 @@ def test_exception_inside_writer_aborts_and_leaves_nothing(backend: Backend, siz
 def test_leaving_without_commit_aborts(backend: Backend) -> None:
     async def scenario(storage: Storage) -> None:
         async with storage.create("obj") as writer:
-            await writer.write([b"x" * (PART_SIZE + 1)])
+            await writer.write(b"x" * (PART_SIZE + 1))
 
     run(scenario, backend)
     assert backend.leftovers() == []
@@ -95,7 +95,7 @@ def test_leaving_without_commit_aborts(backend: Backend) -> None:
 def test_abort_is_idempotent_and_commit_after_abort_is_not_possible(backend: Backend) -> None:
     async def scenario(storage: Storage) -> None:
         writer = storage.create("obj")
-        await writer.write([b"abc"])
+        await writer.write(b"abc")
         await writer.abort()
         await writer.abort()
 
@@ -127,7 +127,7 @@ def test_failure_mid_upload_aborts_the_multipart_upload(
         with pytest.raises(StorageUnavailable):
             async with storage.create("obj") as writer:
                 for block in blocks(PART_SIZE * 4):
-                    await writer.write([block])
+                    await writer.write(block)
                 await writer.commit()
 
     run(scenario, backend)
@@ -151,7 +151,7 @@ def test_read_byte_ranges(backend: Backend, start: int, end: int | None, expecte
 
     async def scenario(storage: Storage) -> bytes:
         async with storage.create("obj") as writer:
-            await writer.write([data])
+            await writer.write(data)
             await writer.commit()
         return await read_all(storage, "obj", start, end)
 
@@ -175,7 +175,7 @@ def test_delete_and_list(backend: Backend) -> None:
     async def scenario(storage: Storage) -> tuple[list[str], list[str], list[str]]:
         for key in ("a", "b"):
             async with storage.create(key) as writer:
-                await writer.write([key.encode()])
+                await writer.write(key.encode())
                 await writer.commit()
         await storage.put_small("a.json", b"{}")
         everything = sorted(await storage.list())
@@ -245,7 +245,7 @@ def test_unreachable_backend_is_storage_unavailable(backend: Backend, tmp_path: 
             await storage.check()
         with pytest.raises(StorageUnavailable):
             async with storage.create("obj") as writer:
-                await writer.write([b"abc"])
+                await writer.write(b"abc")
                 await writer.commit()
 
     run(scenario, broken)
@@ -309,7 +309,7 @@ def test_cancelled_writer_leaves_nothing(backend: Backend, cancel_after: int | s
                 for written in range(1, 10_000):
                     if written == cancel_after:
                         reached.set()
-                    await writer.write([block])
+                    await writer.write(block)
                     if cancel_after == "commit" and written == 3:
                         reached.set()  # the cancellation lands inside the commit
                         await writer.commit()
@@ -333,17 +333,3 @@ def test_keys_that_are_paths_are_refused(backend: Backend, key: str) -> None:
             storage.create(key)
 
     run(scenario, backend)
-
-
-def test_a_block_of_many_small_views_is_written_whole(backend: Backend) -> None:
-    """Writers take the received pieces as they are: more of them than one writev takes."""
-    data = os.urandom(5000)
-    pieces = [memoryview(data)[i : i + 1] for i in range(len(data))]
-
-    async def scenario(storage: Storage) -> bytes:
-        async with storage.create("obj") as writer:
-            await writer.write(pieces)
-            await writer.commit()
-        return await read_all(storage, "obj")
-
-    assert run(scenario, backend) == data

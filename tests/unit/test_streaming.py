@@ -17,7 +17,6 @@ import pytest
 
 from uploadsvc.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from uploadsvc.storage import BLOCK_SIZE, ObjectInfo, ObjectWriter
-from uploadsvc.storage.interface import Buffers
 from uploadsvc.streaming import (
     FRAMING_ALLOWANCE,
     Received,
@@ -39,12 +38,10 @@ class FakeWriter(ObjectWriter):
         self.committed = False
         self.aborted = False
 
-    async def write(self, data: Buffers) -> None:
+    async def write(self, block: bytes) -> None:
+        assert isinstance(block, bytes), "writers are promised immutable bytes"
         assert not (self.committed or self.aborted)
-        for piece in data:
-            view = memoryview(piece)
-            assert view.readonly, "writers are promised immutable buffers"
-        self.blocks.append(b"".join(data))
+        self.blocks.append(block)
 
     async def commit(self) -> ObjectInfo:
         self.committed = True

@@ -36,11 +36,10 @@ from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import NotFound, PreconditionFailed, StorageUnavailable
 from ..offload import Lane
-from .interface import Buffers, ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
+from .interface import ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
 
 #: Start the kernel's writeback after this many new bytes (local disk only).
 FLUSH_EVERY = 16 << 20
-_IOV_MAX = os.sysconf("SC_IOV_MAX")
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -193,8 +192,8 @@ class _FileWriter(ObjectWriter):
         self._flushed_to = 0
         self._done = False
 
-    async def write(self, data: Buffers) -> None:
-        await self._lane.submit(_translated, self._storage, self._write_sync, data)
+    async def write(self, block: bytes) -> None:
+        await self._lane.submit(_translated, self._storage, self._write_sync, block)
 
     async def commit(self) -> ObjectInfo:
         self._committing = True
@@ -216,15 +215,12 @@ class _FileWriter(ObjectWriter):
             self._opened = True
         return self._file
 
-    def _write_sync(self, data: Buffers) -> None:
+    def _write_sync(self, block: bytes) -> None:
         f = self._open()
-        if self._storage.durable:
-            self._size += _writev_all(f.fileno(), data)
-        else:
-            joined = b"".join(data)
-            f.write(joined)
-            self._size += len(joined)
+        f.write(block)
+        self._size += len(block)
         if self._storage.durable and self._size - self._flushed_to >= FLUSH_EVERY:
+            f.flush()
             # Ask the kernel to start writing these pages back now, without
             # waiting; the fsync at commit then only waits for the tail.
             os.posix_fadvise(
@@ -258,22 +254,6 @@ class _FileWriter(ObjectWriter):
         except OSError as e:
             # Abort runs while another error is propagating: report, don't mask it.
             log.warning("could not remove %s: %s", self._part, e)
-
-
-def _writev_all(fd: int, data: Buffers) -> int:
-    """Write every buffer with as few syscalls as the kernel allows; return the byte count."""
-    total = 0
-    for start in range(0, len(data), _IOV_MAX):
-        batch = [memoryview(b) for b in data[start : start + _IOV_MAX]]
-        while batch:
-            written = os.writev(fd, batch)
-            total += written
-            while batch and written >= len(batch[0]):
-                written -= len(batch[0])
-                batch.pop(0)
-            if batch and written:
-                batch[0] = batch[0][written:]
-    return total
 
 
 def _part_name(final: str) -> str:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -35,12 +35,6 @@ from ..errors import StorageUnavailable
 BLOCK_SIZE = 1 << 20
 
 
-#: What a writer is handed: the received pieces of one block, as they came off
-#: the socket. Joining them would copy every byte once more; writev and
-#: hashing take them as they are.
-Buffers = Sequence[bytes | memoryview]
-
-
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
@@ -50,13 +44,12 @@ class ObjectInfo:
 class ObjectWriter(ABC):
     """A new object being written; invisible until `commit`.
 
-    `write` may return before the data is on the backend (the write overlaps
-    the next receive), so the caller hands over immutable buffers (`bytes`, or
-    views of `bytes`) and does not reuse them.
+    `write` may return before the block is on the backend (the write overlaps
+    the next receive), so the caller hands over immutable `bytes`.
     """
 
     @abstractmethod
-    async def write(self, data: Buffers) -> None: ...
+    async def write(self, block: bytes) -> None: ...
 
     @abstractmethod
     async def commit(self) -> ObjectInfo: ...
@@ -130,7 +123,7 @@ class Storage(ABC):
         """
         async with self.create(key) as writer:
             async for block in read_blocks(path.open):
-                await writer.write((block,))
+                await writer.write(block)
             return await writer.commit()
 
 

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 from s3fs import S3FileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
-from .interface import BLOCK_SIZE, Buffers, ObjectInfo, ObjectWriter, Storage, checked_key
+from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
 #: PART_SIZE * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
@@ -171,7 +171,7 @@ class _S3Writer(ObjectWriter):
     def __init__(self, storage: S3Storage, object_key: str) -> None:
         self._s3 = storage
         self._key = object_key
-        self._blocks: list[bytes | memoryview] = []
+        self._blocks: list[bytes] = []
         self._buffered = 0
         self._size = 0
         self._upload_id: str | None = None
@@ -181,11 +181,10 @@ class _S3Writer(ObjectWriter):
         self._committing = False
         self._done = False
 
-    async def write(self, data: Buffers) -> None:
-        n = sum(len(b) for b in data)
-        self._blocks.extend(data)
-        self._buffered += n
-        self._size += n
+    async def write(self, block: bytes) -> None:
+        self._blocks.append(block)
+        self._buffered += len(block)
+        self._size += len(block)
         if self._buffered >= part_size(len(self._parts) + 1):
             await self._send_part()
 
