@@ -5,18 +5,28 @@ time, and lets the caller go on (receive the next bytes) while the previous
 call runs. That overlap is what lets receiving, hashing and writing share two
 cores; awaiting each call in turn would serialise them. An error raised by a
 call surfaces at the next `submit` or at `drain`.
+
+Lanes run on a pool of their own. Many large uploads at once fill it with
+hashing and writing; the default pool stays free for short calls (a record
+read, a health check), so those never queue behind bulk bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+BULK = ThreadPoolExecutor(
+    max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="uploadsvc-bulk"
+)
 
 
 class Lane:
-    """An ordered, one-deep queue of calls into the default thread pool."""
+    """An ordered, one-deep queue of calls into the `BULK` pool."""
 
     def __init__(self) -> None:
         self._pending: asyncio.Future[Any] | None = None
@@ -24,7 +34,7 @@ class Lane:
     async def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Start `fn(*args)` once the previous call has finished; do not wait for it."""
         await self.drain()
-        self._pending = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._pending = asyncio.get_running_loop().run_in_executor(BULK, fn, *args)
 
     async def drain(self) -> None:
         """Wait for the call in flight, re-raising its error.

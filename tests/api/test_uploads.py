@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import threading
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -230,3 +231,19 @@ def test_download_of_vanished_bytes_is_an_error_not_an_empty_200(live: Live) -> 
     asyncio.run(live.app.state.service.storage.delete(record["id"]))  # lost behind our back
     response = live.http.get(record["url"])
     assert (response.status_code, response.json()["code"]) == (404, "not_found")
+
+
+def test_health_and_records_answer_while_bulk_work_fills_its_pool(live: Live) -> None:
+    """Hashing and writing run on their own pool: short calls never queue behind them."""
+    from uploadsvc.offload import BULK
+
+    record = live.http.post("/upload-blocking/", files={"file": ("f", b"x")}).json()
+    release = threading.Event()
+    blockers = [BULK.submit(release.wait, 30) for _ in range(BULK._max_workers)]
+    try:
+        assert live.http.get("/healthz", timeout=10).status_code == 200
+        assert live.http.get(f"/uploads/{record['id']}", timeout=10).status_code == 200
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result(timeout=10)
