@@ -247,14 +247,7 @@ def start_uploadsvc(
     )
     argv = [python, "-m", "uploadsvc", "serve", "--config", str(config)]
     argv += ["--host", HOST, "--port", str(port)]
-    proc = pool.start(name, argv, env=env, cwd=workdir)
-    server = Server(proc, port)
-    try:
-        wait_ready(proc, port, "/healthz")
-    except ServerStartError:
-        pool.stop(proc)
-        raise
-    return server
+    return _start_app(pool, name, argv, env, workdir, port)
 
 
 def uploadsvc_config(
@@ -305,14 +298,26 @@ def start_baseline(
     argv = [python, "-m", "uvicorn", "baseline_app:app", "--app-dir", str(bench_dir)]
     argv += ["--host", HOST, "--port", str(port), "--workers", "1"]
     argv += ["--loop", "uvloop", "--http", "httptools", "--log-level", "info"]
-    proc = pool.start(name, argv, env={**env, "BASELINE_UPLOAD_DIR": str(upload_dir)}, cwd=workdir)
-    server = Server(proc, port)
+    env = {**env, "BASELINE_UPLOAD_DIR": str(upload_dir)}
+    return _start_app(pool, name, argv, env, workdir, port)
+
+
+def _start_app(
+    pool: ProcessPool,
+    name: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    workdir: Path,
+    port: int,
+) -> Server:
+    """Start an app server and wait until its /healthz answers; stop it if it never does."""
+    proc = pool.start(name, argv, env=env, cwd=workdir)
     try:
         wait_ready(proc, port, "/healthz")
     except ServerStartError:
         pool.stop(proc)
         raise
-    return server
+    return Server(proc, port)
 
 
 def start_moto(pool: ProcessPool, *, python: str, env: Mapping[str, str], workdir: Path) -> Server:

@@ -64,7 +64,9 @@ def test_submit_returns_before_the_call_finishes() -> None:
     assert finished == ["caller", "work"]
 
 
-def test_drain_waits_for_the_call_in_flight() -> None:
+@pytest.mark.parametrize("finish", ["drain", "cancel"])
+def test_drain_and_cancel_wait_for_the_call_in_flight(finish: str) -> None:
+    """Cleanup must not return while a worker still touches the buffers being dropped."""
     release = threading.Event()
     done: list[int] = []
 
@@ -76,7 +78,7 @@ def test_drain_waits_for_the_call_in_flight() -> None:
         lane = Lane()
         await lane.submit(work)
         asyncio.get_running_loop().call_soon(release.set)
-        await lane.drain()
+        await getattr(lane, finish)()
         assert done == [1]
 
     asyncio.run(main())
@@ -124,25 +126,6 @@ def test_cancel_swallows_the_error() -> None:
         await lane.submit(fail)
         await lane.cancel()
         await lane.drain()
-
-    asyncio.run(main())
-
-
-def test_cancel_waits_for_the_call_in_flight() -> None:
-    """Cleanup must not return while a worker still touches the buffers being dropped."""
-    release = threading.Event()
-    done: list[int] = []
-
-    def work() -> None:
-        assert release.wait(10)
-        done.append(1)
-
-    async def main() -> None:
-        lane = Lane()
-        await lane.submit(work)
-        asyncio.get_running_loop().call_soon(release.set)
-        await lane.cancel()
-        assert done == [1]
 
     asyncio.run(main())
 
