@@ -125,6 +125,7 @@ def test_download_whole_and_ranges(live: Live, payload: bytes) -> None:
     assert whole.content == payload
     assert whole.headers["content-length"] == str(SIZE)
     assert whole.headers["x-content-type-options"] == "nosniff"
+    assert whole.headers["content-security-policy"] == "sandbox"
     assert whole.headers["content-disposition"].startswith("attachment;")
     assert "filename*=UTF-8''r%C3%A9sum%C3%A9.bin" in whole.headers["content-disposition"]
     assert whole.headers["etag"] == f'"{record["sha256"]}"'
