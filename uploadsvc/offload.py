@@ -18,11 +18,29 @@ import contextlib
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 BULK = ThreadPoolExecutor(
     max_workers=min(32, (os.cpu_count() or 1) + 4), thread_name_prefix="uploadsvc-bulk"
 )
+
+
+async def outlast_cancellation(future: asyncio.Future[T]) -> T:
+    """Await `future`; if the caller is cancelled meanwhile, let it end first.
+
+    For work that goes on whatever the caller does (a thread, a call on
+    another loop): whoever cleans up after the cancellation must find it
+    finished. Its own outcome is then dropped; the cancellation propagates.
+    """
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        if not future.cancelled():
+            future.exception()  # retrieved, so asyncio does not log it as lost
+        raise
 
 
 class Lane:
@@ -47,10 +65,7 @@ class Lane:
         if pending is None:
             return
         try:
-            await asyncio.shield(pending)
-        except asyncio.CancelledError:
-            await asyncio.wait([pending])
-            raise
+            await outlast_cancellation(pending)
         finally:
             self._pending = None
 

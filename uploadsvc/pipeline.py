@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import json
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,8 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
+
+import pydantic_core
 
 from .config import ConfigError, Settings
 from .models import UploadRecord
@@ -69,7 +70,9 @@ class Pipeline:
             try:
                 async with deadline:
                     result = dict(await processor.process(upload))
-                json.dumps(result)  # it goes into the JSON record: fail here, naming the plugin
+                # It goes into the JSON record: fail here, naming the plugin,
+                # with the serializer the record itself uses.
+                pydantic_core.to_json(result)
                 results[name] = result
             except Exception as e:
                 if deadline.expired():  # ours, not a timeout raised inside the processor

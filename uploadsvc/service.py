@@ -79,7 +79,15 @@ class UploadService:
 
         Takes only the id (FastAPI once closed request files before background
         tasks ran, fastapi#10857): everything else is read from the record.
+        If even the record cannot be advanced (storage away), the job stops
+        and leaves record and staged bytes as they are: nothing is lost.
         """
+        try:
+            await self._complete_background(upload_id)
+        except ServiceError as e:
+            log.error("upload %s: background job stopped, upload kept as it is: %s", upload_id, e)
+
+    async def _complete_background(self, upload_id: str) -> None:
         try:
             record = await self.records.transition(
                 upload_id, {Status.queued}, status=Status.storing
@@ -109,6 +117,9 @@ class UploadService:
         would race the job that is storing or processing it.
         """
         record = await self.records.get(upload_id)  # NotFound for unknown ids
+        if record.status is Status.queued:
+            # Not started yet: settle it first, so the job finds it taken and stops.
+            record = await self._settle(record, Status.failed, error="deleted before storing")
         if record.status not in FINAL:
             raise Conflict(
                 f"upload {upload_id} is {record.status.value}; delete it once it settles"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.api.helpers import stored_bytes, wait_for_status
+from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.conftest import Live
 from uploadsvc.errors import StorageUnavailable
 from uploadsvc.pipeline import Pipeline, StoredUpload
@@ -100,6 +100,10 @@ def test_storing_failure_marks_failed_and_keeps_the_staged_bytes(
     assert "injected" in record["error"]
     assert attempts == [upload_id] * 3  # retried before giving up
     assert (live.staging / upload_id).read_bytes() == payload
+    # Deleting the failed upload is the one way its staged bytes go.
+    assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
+    assert list(live.staging.iterdir()) == []
+    assert live.backend.leftovers() == []
 
 
 class Recorder:
@@ -130,6 +134,69 @@ def test_a_backend_that_comes_back_gets_the_upload(
     upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
     assert wait_for_status(live, upload_id)["status"] == "completed"
     assert stored_bytes(live.backend, upload_id) == payload
+
+
+def test_deleting_a_queued_upload_stops_its_job(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = live.app.state.service
+    gate = Gate()
+    real_job = service.complete_background
+
+    async def held_job(upload_id: str) -> None:
+        await gate.wait()
+        await real_job(upload_id)
+
+    monkeypatch.setattr(service, "complete_background", held_job)
+    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", b"x" * 1000)}).json()[
+        "id"
+    ]
+    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "queued"
+    assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
+    gate.open()
+    wait_until(lambda: gate.opened.is_set())
+    # The job finds the upload taken and stores nothing.
+    wait_until(lambda: live.backend.leftovers() == [] and not any(live.staging.iterdir()))
+    assert live.http.get(f"/uploads/{upload_id}").status_code == 404
+
+
+def test_a_job_whose_record_cannot_be_written_stops_quietly_and_keeps_the_bytes(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage away for the bytes and the record: the job ends without an error escaping."""
+    service = live.app.state.service
+    service.retry_delays = ()
+    upload_id = asyncio.run(_queued_upload(service, b"keep me"))
+
+    async def down(*args: Any, **kwargs: Any) -> Any:
+        raise StorageUnavailable("storage failed: injected")
+
+    monkeypatch.setattr(service.storage, "put_local_file", down)
+    real_put_small = service.storage.put_small
+    calls = {"n": 0}
+
+    async def put_small_then_down(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] > 1:  # queued -> storing works, nothing after it does
+            raise StorageUnavailable("storage failed: injected")
+        return await real_put_small(*args, **kwargs)
+
+    monkeypatch.setattr(service.storage, "put_small", put_small_then_down)
+    asyncio.run(service.complete_background(upload_id))  # must not raise
+    monkeypatch.undo()
+    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "storing"
+    assert (live.staging / upload_id).read_bytes() == b"keep me"
+
+
+async def _queued_upload(service: Any, data: bytes) -> str:
+    """Accept an upload on the background path without running its job."""
+    from tests.rawhttp import MULTIPART_TYPE, multipart
+
+    async def body() -> Any:
+        yield multipart(data)
+
+    record = await service.upload_background(body(), MULTIPART_TYPE, None)
+    return str(record.id)
 
 
 class Unserialisable:

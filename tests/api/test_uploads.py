@@ -153,8 +153,16 @@ def test_download_whole_and_ranges(live: Live, payload: bytes) -> None:
     assert listed.status_code == 304
     assert live.http.get(url, headers={"If-None-Match": '"other"'}).status_code == 200
 
-    head = live.http.head(url)
+    reads: list[str] = []
+    storage = live.app.state.service.storage
+    real_read = storage.read
+    storage.read = lambda key, *a: reads.append(key) or real_read(key, *a)
+    try:
+        head = live.http.head(url)
+    finally:
+        storage.read = real_read
     assert (head.status_code, head.headers["content-length"], head.content) == (200, str(SIZE), b"")
+    assert reads == []  # HEAD answers from the record: not one byte read
 
 
 def test_download_keeps_the_declared_type_without_inventing_a_charset(live: Live) -> None:

@@ -333,3 +333,34 @@ def test_keys_that_are_paths_are_refused(backend: Backend, key: str) -> None:
             storage.create(key)
 
     run(scenario, backend)
+
+
+def test_a_silent_endpoint_cannot_outlast_a_check_timeout(backend: Backend) -> None:
+    """A health or start-up check gives up on time even when S3 accepts and never answers."""
+    if backend.name != "s3":
+        pytest.skip("only a network backend can stay silent")
+    import socket
+    import threading
+
+    from uploadsvc.storage import check_in_time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
+    outcome: list[BaseException] = []
+
+    def probe() -> None:
+        storage = Backend("s3", backend.url, {"endpoint_url": f"http://127.0.0.1:{port}"}).storage()
+        try:
+            asyncio.run(check_in_time(storage, 0.5))
+        except BaseException as e:
+            outcome.append(e)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout=20)  # botocore alone would wait 60 s per attempt
+    silent.close()
+    assert not worker.is_alive(), "the check outlived its timeout"
+    assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailable)
+    assert "did not answer" in str(outcome[0])

@@ -156,3 +156,16 @@ def test_a_cancelled_drain_still_waits_for_the_call_in_flight() -> None:
         assert finished == [True]
 
     asyncio.run(main())
+
+
+def test_lanes_run_on_the_bulk_pool() -> None:
+    """Bulk bytes stay off the default pool, where short calls (health, records) run."""
+
+    async def main() -> str:
+        names: list[str] = []
+        lane = Lane()
+        await lane.submit(lambda: names.append(threading.current_thread().name))
+        await lane.drain()
+        return names[0]
+
+    assert asyncio.run(main()).startswith("uploadsvc-bulk")

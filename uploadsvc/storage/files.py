@@ -197,8 +197,10 @@ class _FileWriter(ObjectWriter):
 
     async def commit(self) -> ObjectInfo:
         self._committing = True
+        # On the lane, like the writes: a cancelled commit still ends before
+        # the abort that follows can touch the same files.
+        await self._lane.submit(_translated, self._storage, self._commit_sync)
         await self._lane.drain()
-        await self._storage._run(self._commit_sync)
         self._done = True
         return ObjectInfo(self._key, self._size)
 

@@ -80,7 +80,11 @@ class Storage(ABC):
 
     @abstractmethod
     def create(self, key: str) -> ObjectWriter:
-        """A writer for a new object under `key`."""
+        """A writer for a new object under `key`, a key never used before.
+
+        Fresh keys are what let a failed or cancelled commit clean up by
+        deleting the key outright: nothing older can live there.
+        """
 
     @abstractmethod
     def read(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:

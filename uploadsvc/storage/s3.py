@@ -32,12 +32,13 @@ from typing import Any, TypeVar
 from s3fs import S3FileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
+from ..offload import outlast_cancellation
 from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
-#: PART_SIZE * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
-#: flight twice (aiohttp copies a request body it is given as a buffer).
-#: 8 MiB parts allow objects up to 80 GiB (10,000 parts).
+#: part size * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
+#: flight twice (aiohttp copies a request body it is given as a buffer). The
+#: part size starts at PART_SIZE and grows (see `part_size`).
 PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 2
 
@@ -63,19 +64,17 @@ class S3Storage(Storage):
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{checked_key(key)}"
 
-    async def on_fs_loop(self, coro: Coroutine[Any, Any, T]) -> T:
+    async def on_fs_loop(self, coro: Coroutine[Any, Any, T], *, settle: bool = False) -> T:
         """Await a coroutine on s3fs's loop thread, translating its errors.
 
-        A cancelled caller still waits for the call to end (on the other loop
-        it goes on regardless), so an abort that follows never races a part
-        upload, a multipart start or a completion still in flight.
+        Cancelling the caller cancels the call, so timeouts (health checks,
+        start-up) hold. A call that changes an upload's state is `settle`d
+        instead: a cancelled caller waits for it to end, so the abort that
+        follows never races a part upload, a multipart start or a completion.
         """
         future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.fs.loop))
         try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            await asyncio.wait([future])
-            raise
+            return await (outlast_cancellation(future) if settle else future)
         except ServiceError:
             raise
         except FileNotFoundError as e:
@@ -88,8 +87,9 @@ class S3Storage(Storage):
                 raise PreconditionFailed(str(e)) from e
             raise StorageUnavailable(f"storage {self.url} failed: {e}") from e
 
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        return await self.on_fs_loop(self.fs._call_s3(method, Bucket=self.bucket, **kwargs))
+    async def call(self, method: str, *, settle: bool = False, **kwargs: Any) -> Any:
+        coro = self.fs._call_s3(method, Bucket=self.bucket, **kwargs)
+        return await self.on_fs_loop(coro, settle=settle)
 
     def create(self, key: str) -> ObjectWriter:
         return _S3Writer(self, self.object_key(key))
@@ -98,11 +98,9 @@ class S3Storage(Storage):
         if end is not None and end <= start:
             return
         # No Range header for a whole read: S3 answers 416 to "bytes=0-" on an empty object.
-        wanted = (
-            {}
-            if start == 0 and end is None
-            else {"Range": f"bytes={start}-{'' if end is None else end - 1}"}
-        )
+        wanted: dict[str, Any] = {}
+        if start or end is not None:
+            wanted["Range"] = f"bytes={start}-{'' if end is None else end - 1}"
         response = await self.call("get_object", Key=self.object_key(key), **wanted)
         body = response["Body"]
         try:
@@ -120,7 +118,7 @@ class S3Storage(Storage):
 
     async def list(self, suffix: str = "") -> list[str]:
         keys: list[str] = []
-        token: dict[str, str] = {}
+        token: dict[str, Any] = {}
         while True:
             page = await self.call("list_objects_v2", Prefix=self.prefix, Delimiter="/", **token)
             for item in page.get("Contents", []):
@@ -134,7 +132,7 @@ class S3Storage(Storage):
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
-        conditions: dict[str, str] = {}
+        conditions: dict[str, Any] = {}
         if if_none_match:
             conditions["IfNoneMatch"] = "*"
         if if_match is not None:
@@ -191,7 +189,7 @@ class _S3Writer(ObjectWriter):
     async def commit(self) -> ObjectInfo:
         self._committing = True
         if self._upload_id is None:
-            await self._s3.call("put_object", Key=self._key, Body=self._take_buffer())
+            await self._s3.call("put_object", Key=self._key, Body=self._take_buffer(), settle=True)
         else:
             if self._buffered:
                 await self._send_part()
@@ -202,6 +200,7 @@ class _S3Writer(ObjectWriter):
                 Key=self._key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._parts},
+                settle=True,
             )
         self._done = True
         return ObjectInfo(self._key[len(self._s3.prefix) :], self._size)
@@ -221,12 +220,18 @@ class _S3Writer(ObjectWriter):
             log.warning("could not clean up after %s: %s", self._key, e.detail)
 
     async def _clean_up(self) -> None:
-        if self._multipart:
-            # By listing, not by our id: a start cancelled in flight loses its id.
+        if self._upload_id is not None:
+            with contextlib.suppress(NotFound):  # already gone
+                await self._s3.call(
+                    "abort_multipart_upload", Key=self._key, UploadId=self._upload_id
+                )
+        elif self._multipart:
+            # The start was cancelled in flight, so its id never reached us:
+            # find it by listing (this needs s3:ListBucketMultipartUploads).
             listing = await self._s3.call("list_multipart_uploads", Prefix=self._key)
             for upload in listing.get("Uploads", []):
                 if upload["Key"] == self._key:
-                    with contextlib.suppress(NotFound):  # already gone
+                    with contextlib.suppress(NotFound):
                         await self._s3.call(
                             "abort_multipart_upload", Key=self._key, UploadId=upload["UploadId"]
                         )
@@ -244,7 +249,7 @@ class _S3Writer(ObjectWriter):
     async def _send_part(self) -> None:
         if self._upload_id is None:
             self._multipart = True
-            started = await self._s3.call("create_multipart_upload", Key=self._key)
+            started = await self._s3.call("create_multipart_upload", Key=self._key, settle=True)
             self._upload_id = str(started["UploadId"])
         if len(self._in_flight) >= PARTS_IN_FLIGHT:
             await self._in_flight.popleft()
@@ -260,6 +265,7 @@ class _S3Writer(ObjectWriter):
             UploadId=self._upload_id,
             PartNumber=part["PartNumber"],
             Body=body,
+            settle=True,
         )
         part["ETag"] = response["ETag"]
 

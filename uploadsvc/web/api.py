@@ -167,11 +167,14 @@ async def get_content(request: Request, upload_id: str) -> Response:
     # Set as a header, not media_type: Starlette would append "; charset=utf-8"
     # to text types, claiming an encoding the uploader never declared.
     headers["Content-Type"] = record.content_type
+    status = 206 if wanted else 200
     if wanted is not None:
         headers["Content-Range"] = f"bytes {start}-{end - 1}/{record.size}"
+    if request.method == "HEAD":  # the headers come from the record: read nothing
+        return Response(status_code=status, headers=headers)
     return StreamingResponse(
         await _opened(service.storage.read(upload_id, start, end)),
-        status_code=206 if wanted else 200,
+        status_code=status,
         headers=headers,
     )
 
@@ -202,7 +205,7 @@ async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 @router.delete(
     "/uploads/{upload_id}",
     status_code=204,
-    responses=error_responses(NotFound, StorageUnavailable),
+    responses=error_responses(NotFound, Conflict, StorageUnavailable),
 )
 async def delete_upload(request: Request, upload_id: str) -> Response:
     await _service(request).delete(upload_id)
