@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
@@ -36,9 +37,9 @@ from ..offload import outlast_cancellation
 from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
-#: part size * (2 * PARTS_IN_FLIGHT + 2): one part filling, and each part in
-#: flight twice (aiohttp copies a request body it is given as a buffer). The
-#: part size starts at PART_SIZE and grows (see `part_size`).
+#: part size * (PARTS_IN_FLIGHT + 2): the parts in flight, one filling and one
+#: being copied into its body. The part size starts at PART_SIZE and grows
+#: (see `part_size`).
 PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 2
 
@@ -240,8 +241,17 @@ class _S3Writer(ObjectWriter):
             # the key is this upload's own, so removing it is always safe.
             await self._s3.call("delete_object", Key=self._key)
 
-    def _take_buffer(self) -> bytes:
-        body = b"".join(self._blocks)
+    def _take_buffer(self) -> io.BytesIO:
+        """The buffered blocks as one body, copied once into a buffer of its own.
+
+        Not `bytes`: botocore would wrap them in a BytesIO that shares their
+        memory, and aiohttp's `getbuffer()` on it would copy the part again,
+        holding every part in flight twice.
+        """
+        body = io.BytesIO()
+        for block in self._blocks:
+            body.write(block)
+        body.seek(0)
         self._blocks.clear()
         self._buffered = 0
         return body
@@ -258,7 +268,7 @@ class _S3Writer(ObjectWriter):
         self._parts.append(part)
         self._in_flight.append(asyncio.ensure_future(self._upload_part(part, self._take_buffer())))
 
-    async def _upload_part(self, part: dict[str, Any], body: bytes) -> None:
+    async def _upload_part(self, part: dict[str, Any], body: io.BytesIO) -> None:
         response = await self._s3.call(
             "upload_part",
             Key=self._key,
