@@ -105,22 +105,28 @@ class Clients:
     def _loadgen(self, *args: str) -> list[str]:
         return [self.python, str(self.loadgen), *args]
 
+    def _run_loadgen(self, what: str, timeout: float, *args: str) -> tuple[dict[str, Any], float]:
+        """Run one loadgen command; its JSON answer and the CPU its process used."""
+        cpu0 = children_cpu()
+        done = subprocess.run(
+            self._loadgen(*args),
+            env=dict(self.env),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        cpu = children_cpu() - cpu0
+        if done.returncode != 0:
+            raise ClientError(f"{what} failed: {done.stderr[-800:]}")
+        return last_json_line(done.stdout, what), cpu
+
     def upload(self, url: str, path: Path, timeout: float) -> UploadResult:
         """POST `path` as multipart field `file`; wall time and CPU of the client process."""
         if self.kind == "curl":
             return self._curl_upload(url, path, timeout)
-        cpu0 = children_cpu()
-        done = subprocess.run(
-            self._loadgen("upload", url, str(path), "--timeout", str(timeout)),
-            env=dict(self.env),
-            capture_output=True,
-            text=True,
-            timeout=timeout + 30,
+        out, cpu = self._run_loadgen(
+            "upload client", timeout + 30, "upload", url, str(path), "--timeout", str(timeout)
         )
-        cpu = children_cpu() - cpu0
-        if done.returncode != 0:
-            raise ClientError(f"upload client failed: {done.stderr[-800:]}")
-        out = last_json_line(done.stdout, "upload client")
         return UploadResult(
             status=int(out["status"]),
             body=str(out["body"]),
@@ -157,27 +163,18 @@ class Clients:
 
     def concurrent(self, url: str, count: int, size: int, timeout: float) -> dict[str, Any]:
         """`count` uploads of `size` bytes at once from one asyncio client process."""
-        cpu0 = children_cpu()
-        done = subprocess.run(
-            self._loadgen(
-                "concurrent",
-                url,
-                "--count",
-                str(count),
-                "--size",
-                str(size),
-                "--timeout",
-                str(timeout),
-            ),
-            env=dict(self.env),
-            capture_output=True,
-            text=True,
-            timeout=timeout + 30,
+        out, cpu = self._run_loadgen(
+            "concurrent client",
+            timeout + 30,
+            "concurrent",
+            url,
+            "--count",
+            str(count),
+            "--size",
+            str(size),
+            "--timeout",
+            str(timeout),
         )
-        cpu = children_cpu() - cpu0
-        if done.returncode != 0:
-            raise ClientError(f"concurrent client failed: {done.stderr[-800:]}")
-        out = last_json_line(done.stdout, "concurrent client")
         out["process_cpu_s"] = cpu
         return out
 
@@ -185,18 +182,19 @@ class Clients:
         self, endpoint: str, bucket: str, key: str, path: Path, timeout: float
     ) -> dict[str, Any]:
         """s3fs `put_file` in a process of its own: the S3 limit."""
-        done = subprocess.run(
-            self._loadgen(
-                "s3put", "--endpoint", endpoint, "--bucket", bucket, "--key", key, str(path)
-            ),
-            env=dict(self.env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+        out, _ = self._run_loadgen(
+            "s3fs put_file",
+            timeout,
+            "s3put",
+            "--endpoint",
+            endpoint,
+            "--bucket",
+            bucket,
+            "--key",
+            key,
+            str(path),
         )
-        if done.returncode != 0:
-            raise ClientError(f"s3fs put_file failed: {done.stderr[-800:]}")
-        return last_json_line(done.stdout, "s3fs put_file")
+        return out
 
     def start_probe(
         self, pool: ProcessPool, url: str, interval: float, max_seconds: float
