@@ -12,14 +12,13 @@ import sys
 from pathlib import Path
 
 from fastapi import FastAPI
-from fsspec.implementations.local import LocalFileSystem
 
 from .config import ConfigError, Settings, load_settings
 from .errors import StorageUnavailable, install_error_handlers
 from .pipeline import Pipeline, load_pipeline
 from .service import UploadService
 from .storage import Storage, check_in_time, open_storage
-from .storage.files import FileStorage
+from .storage.files import LocalStorage
 from .web import api, pages
 
 STARTUP_CHECK_TIMEOUT = 15.0
@@ -29,12 +28,9 @@ def create_app(
     settings: Settings, *, storage: Storage | None = None, pipeline: Pipeline | None = None
 ) -> FastAPI:
     """Build the app; `storage` and `pipeline` replace the configured ones (tests)."""
-    staging_root = str(Path(settings.staging.path).resolve())
     service = UploadService(
         storage=storage or open_storage(settings.storage.url, settings.storage.options),
-        staging=FileStorage(
-            LocalFileSystem(auto_mkdir=True), staging_root, f"file://{staging_root}"
-        ),
+        staging=LocalStorage.at(settings.staging.path),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
     )

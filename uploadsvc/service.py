@@ -27,7 +27,7 @@ from .models import Status, UploadRecord, new_id, now
 from .pipeline import Pipeline, ProcessingFailed, StoredUpload
 from .records import Records
 from .storage import Storage
-from .storage.files import FileStorage
+from .storage.files import LocalStorage
 from .streaming import Received, check_body_length, receive_file
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class UploadService:
     def __init__(
         self,
         storage: Storage,
-        staging: FileStorage,
+        staging: LocalStorage,
         pipeline: Pipeline,
         max_upload_bytes: int,
     ) -> None:

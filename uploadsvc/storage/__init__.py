@@ -1,41 +1,33 @@
-"""`open_storage(url, options)`: the backend for a configured fsspec URL.
+"""The storage layer: one interface (`interface.py`), backends by URL protocol
+(`registry.py`), each in a module of its own.
 
-Object stores (S3 and compatible) need their own writer (multipart upload,
-abort, conditional PUT); every other fsspec filesystem can rename, so one
-implementation serves the local disk, `memory://` and the rest.
+    files.py   local folder, memory://        part file + rename
+    s3.py      S3 and S3-compatible stores    multipart upload + conditional PUT
+    azure.py   Azure Blob Storage             staged blocks + committed block list
+    gcs.py     Google Cloud Storage           resumable session + generation preconditions
+    sftp.py    a folder on an SSH server      part file + posix-rename + lock file
 """
 
 from __future__ import annotations
 
-from typing import Any
+from .interface import (
+    BLOCK_SIZE,
+    REQUIRED_ABILITIES,
+    Ability,
+    ObjectInfo,
+    ObjectWriter,
+    Storage,
+    check_in_time,
+)
+from .registry import open_storage
 
-import fsspec
-
-from ..errors import StorageUnavailable
-from .files import FileStorage
-from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, check_in_time
-
-__all__ = ["BLOCK_SIZE", "ObjectInfo", "ObjectWriter", "Storage", "check_in_time", "open_storage"]
-
-_OBJECT_STORES = {"s3", "s3a"}
-
-
-def open_storage(url: str, options: dict[str, Any] | None = None) -> Storage:
-    """Build the storage for `url`; `StorageUnavailable` if fsspec cannot."""
-    options = dict(options or {})
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    if protocol in _OBJECT_STORES:
-        # A private instance: s3fs's instance cache would share sessions (and
-        # their state) between apps and between tests.
-        options.setdefault("skip_instance_cache", True)
-    elif protocol in ("file", "local"):
-        options.setdefault("auto_mkdir", True)
-    try:
-        fs, root = fsspec.url_to_fs(url, **options)
-    except (ImportError, ValueError, TypeError) as e:
-        raise StorageUnavailable(f"storage {url}: {e}") from e
-    if protocol in _OBJECT_STORES:
-        from .s3 import S3Storage
-
-        return S3Storage(fs, root, url)
-    return FileStorage(fs, root, url)
+__all__ = [
+    "BLOCK_SIZE",
+    "REQUIRED_ABILITIES",
+    "Ability",
+    "ObjectInfo",
+    "ObjectWriter",
+    "Storage",
+    "check_in_time",
+    "open_storage",
+]

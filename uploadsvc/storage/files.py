@@ -1,5 +1,5 @@
-"""Storage on filesystems that can rename: the local disk, `memory://`, and
-any other fsspec filesystem that is not an object store.
+"""Storage on filesystems that can rename: the local disk and `memory://`
+(and, through `sftp.py`, a folder on an SSH server).
 
 Layout under the root: `<id>` (the bytes), `<id>.json` (the record), and,
 only while a write is in flight, `<key>.<random>.part` beside its target.
@@ -11,6 +11,13 @@ the object survives a power cut. Writeback is started every `FLUSH_EVERY` bytes
 while the upload is still arriving, so the final fsync has little left to wait
 for (the flush overlaps the receive instead of following it).
 
+Conditional small writes compare and rename under a guard that every writer
+of the store respects: on the local disk an `flock` on the root folder (so
+several processes, `uvicorn --workers 4` or two services on one folder, are
+safe), for `memory://` a lock of the process (the only place that store
+lives). Create-if-absent on the local disk needs no guard at all: a hard link
+onto an existing name fails atomically.
+
 fsspec's sync API is blocking, so every call runs in a worker thread; the
 writes of one object run in order on a `Lane`, overlapping the caller.
 """
@@ -20,50 +27,91 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
 import secrets
 import shutil
 import threading
+import time
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Self, TypeVar
 
+import fsspec
 from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import NotFound, PreconditionFailed, StorageUnavailable
 from ..offload import Lane
-from .interface import ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
+from .interface import Ability, ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
 
 #: Start the kernel's writeback after this many new bytes (local disk only).
 FLUSH_EVERY = 16 << 20
+
+#: The longest a conditional write waits for another writer's guard.
+GUARD_TIMEOUT = 10.0
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
-class FileStorage(Storage):
-    """Keys are files directly under `root`; see the module docstring for the guarantees."""
+class RenamingStorage(Storage):
+    """Keys are files directly under `root`; see the module docstring for the guarantees.
+
+    Subclasses say how to make a part file durable and how to guard a
+    compare-and-rename against every other writer of the same store.
+    """
 
     def __init__(self, fs: AbstractFileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.root = root.rstrip("/")
         self.url = url
-        # Local files can be fsynced; other filesystems (memory) have no disk.
-        self.durable = isinstance(fs, LocalFileSystem)
-        # Serialises conditional small writes within this process. Instances
-        # that share state across hosts do so through an object store (S3),
-        # whose conditional PUTs need no lock.
-        self._small_lock = threading.Lock()
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> Self:
+        try:
+            fs, root = fsspec.url_to_fs(url, **options)
+        except (ImportError, ValueError, TypeError) as e:
+            raise StorageUnavailable(f"storage {url}: {e}") from e
+        return cls(fs, root, url)
 
     def path(self, key: str) -> str:
         return f"{self.root}/{checked_key(key)}"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.to_thread(_translated, self, fn, *args)
+
+    # Hooks (sync, called on worker threads).
+
+    @abstractmethod
+    def guard(self) -> AbstractContextManager[None]:
+        """Held across a compare-and-rename; excludes every other conditional writer."""
+
+    def finish_part(self, f: IO[bytes]) -> None:
+        """Make a written part file durable before it is renamed (default: nothing to do)."""
+
+    def sync_folder(self, folder: str) -> None:
+        """Make a rename in `folder` durable (default: nothing to do)."""
+
+    def written(self, f: IO[bytes], start: int, end: int) -> bool:
+        """Bytes `start:end` of a part file are not yet handed to writeback; True if now they are.
+
+        Default: never (nothing to hand over).
+        """
+        return False
+
+    def publish_new(self, part: str, final: str) -> None:
+        """Rename `part` onto `final` unless `final` exists (`PreconditionFailed`)."""
+        with self.guard():
+            if self.fs.exists(final):
+                raise PreconditionFailed(f"{final} already exists")
+            self.fs.mv(part, final)
+
+    # The interface.
 
     def create(self, key: str) -> ObjectWriter:
         return _FileWriter(self, key)
@@ -95,39 +143,30 @@ class FileStorage(Storage):
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
-        """Part file (fsynced), then a publish step that is atomic for readers.
+        """Part file (made durable), then a publish step that is atomic for readers.
 
-        Only the compare-and-rename holds the lock, never the write or the
+        Only the compare-and-rename holds the guard, never the write or the
         fsync, so concurrent uploads do not queue behind each other's flushes.
-        On the local disk, create-if-absent is a hard link, which the kernel
-        refuses atomically when the name exists: safe across processes too.
         """
 
         def put() -> str:
             final = self.path(key)
             part = _part_name(final)
             try:
-                self._write_part(part, data)
-                if if_none_match and self.durable:
-                    try:
-                        os.link(part, final)
-                    except FileExistsError:
-                        raise PreconditionFailed(f"{key} already exists") from None
-                    _rm_quietly(self.fs, part)
-                else:
-                    with self._small_lock:
-                        if if_none_match or if_match is not None:
-                            current = _etag_or_none(self, key)
-                            if if_none_match and current is not None:
-                                raise PreconditionFailed(f"{key} already exists")
-                            if if_match is not None and current != if_match:
-                                raise PreconditionFailed(f"{key} changed")
+                self.write_part(part, data)
+                if if_none_match:
+                    self.publish_new(part, final)
+                elif if_match is not None:
+                    with self.guard():
+                        if _etag_or_none(self, final) != if_match:
+                            raise PreconditionFailed(f"{key} changed")
                         self.fs.mv(part, final)
+                else:
+                    self.fs.mv(part, final)
             except BaseException:
                 _rm_quietly(self.fs, part)
                 raise
-            if self.durable:
-                _fsync_path(os.path.dirname(final))
+            self.sync_folder(_folder(final))
             return _etag(data)
 
         return await self._run(put)
@@ -143,15 +182,81 @@ class FileStorage(Storage):
         except NotFound:  # a dangling symlink on the way, say an unmounted disk
             raise StorageUnavailable(f"storage {self.url}: cannot create {self.root}") from None
 
+    def write_part(self, part: str, data: bytes) -> None:
+        with self.fs.open(part, "wb") as f:
+            f.write(data)
+            self.finish_part(f)
+
+
+class LocalStorage(RenamingStorage):
+    """A folder on this machine's disk: durable, and shared safely between processes."""
+
+    abilities = frozenset(Ability)
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> Self:
+        # Without auto_mkdir, writing into a folder that does not exist yet fails.
+        options.setdefault("auto_mkdir", True)
+        return super().from_url(url, options)
+
+    @classmethod
+    def at(cls, folder: str | Path) -> LocalStorage:
+        root = str(Path(folder).resolve())
+        return cls(LocalFileSystem(auto_mkdir=True), root, f"file://{root}")
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """An exclusive `flock` on the root folder: no extra file, and it holds across
+        processes and across threads (each call opens its own descriptor)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            deadline = time.monotonic() + GUARD_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise StorageUnavailable(
+                            f"storage {self.url}: lock on {self.root} held for "
+                            f"over {GUARD_TIMEOUT:g} s"
+                        ) from None
+                    time.sleep(0.001)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def finish_part(self, f: IO[bytes]) -> None:
+        f.flush()
+        os.fsync(f.fileno())
+
+    def sync_folder(self, folder: str) -> None:
+        _fsync_path(folder)
+
+    def written(self, f: IO[bytes], start: int, end: int) -> bool:
+        if end - start < FLUSH_EVERY:
+            return False
+        f.flush()
+        # Ask the kernel to start writing these pages back now, without
+        # waiting; the fsync at commit then only waits for the tail.
+        os.posix_fadvise(f.fileno(), start, end - start, os.POSIX_FADV_DONTNEED)
+        return True
+
+    def publish_new(self, part: str, final: str) -> None:
+        """A hard link onto an existing name fails atomically: no guard needed."""
+        try:
+            os.link(part, final)
+        except FileExistsError:
+            raise PreconditionFailed(f"{final} already exists") from None
+        _rm_quietly(self.fs, part)
+
     async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
         """Link the staged file in when it is on the same disk (no copy at all)."""
-        if not self.durable:
-            return await super().put_local_file(key, path)
 
         def adopt() -> ObjectInfo:
             final = self.path(key)
             part = _part_name(final)
-            os.makedirs(os.path.dirname(final), exist_ok=True)
+            os.makedirs(_folder(final), exist_ok=True)
             try:
                 os.link(path, part)
             except OSError as e:
@@ -163,23 +268,42 @@ class FileStorage(Storage):
             except BaseException:
                 _rm_quietly(self.fs, part)
                 raise
-            _fsync_path(os.path.dirname(final))
+            _fsync_path(_folder(final))
             return ObjectInfo(key, os.path.getsize(final))
 
         return await self._run(adopt)
 
-    def _write_part(self, part: str, data: bytes) -> None:
-        with self.fs.open(part, "wb") as f:
-            f.write(data)
-            if self.durable:
-                f.flush()
-                os.fsync(f.fileno())
+
+#: memory:// lives in this process only, so one lock of the process guards it all.
+_MEMORY_GUARD = threading.Lock()
+
+
+class MemoryStorage(RenamingStorage):
+    """`memory://`: fsspec's in-process store, for trying things out and for tests.
+
+    Nothing survives the process and no other process can see it, so it
+    declares neither durability nor conditions shared between processes.
+    """
+
+    abilities = frozenset(
+        {
+            Ability.atomic_commit,
+            Ability.conditional_create,
+            Ability.conditional_replace,
+            Ability.consistent_listing,
+        }
+    )
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        with _MEMORY_GUARD:
+            yield
 
 
 class _FileWriter(ObjectWriter):
-    """Writes `<key>.<random>.part` on a lane; commit fsyncs and renames it onto the key."""
+    """Writes `<key>.<random>.part` on a lane; commit makes it durable and renames it."""
 
-    def __init__(self, storage: FileStorage, key: str) -> None:
+    def __init__(self, storage: RenamingStorage, key: str) -> None:
         self._storage = storage
         self._key = key
         self._final = storage.path(key)
@@ -221,25 +345,16 @@ class _FileWriter(ObjectWriter):
         f = self._open()
         f.write(block)
         self._size += len(block)
-        if self._storage.durable and self._size - self._flushed_to >= FLUSH_EVERY:
-            f.flush()
-            # Ask the kernel to start writing these pages back now, without
-            # waiting; the fsync at commit then only waits for the tail.
-            os.posix_fadvise(
-                f.fileno(), self._flushed_to, self._size - self._flushed_to, os.POSIX_FADV_DONTNEED
-            )
+        if self._storage.written(f, self._flushed_to, self._size):
             self._flushed_to = self._size
 
     def _commit_sync(self) -> None:
         f = self._open()
-        if self._storage.durable:
-            f.flush()
-            os.fsync(f.fileno())
+        self._storage.finish_part(f)
         f.close()
         self._file = None
         self._storage.fs.mv(self._part, self._final)
-        if self._storage.durable:
-            _fsync_path(os.path.dirname(self._final))
+        self._storage.sync_folder(_folder(self._final))
 
     def _abort_sync(self) -> None:
         if not self._opened:
@@ -262,13 +377,17 @@ def _part_name(final: str) -> str:
     return f"{final}.{secrets.token_hex(8)}.part"
 
 
+def _folder(path: str) -> str:
+    return path.rsplit("/", 1)[0] or "/"
+
+
 def _etag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _etag_or_none(storage: FileStorage, key: str) -> str | None:
+def _etag_or_none(storage: RenamingStorage, path: str) -> str | None:
     try:
-        return _etag(storage.fs.cat_file(storage.path(key)))
+        return _etag(storage.fs.cat_file(path))
     except FileNotFoundError:
         return None
 
@@ -293,18 +412,18 @@ def _rm_quietly(fs: AbstractFileSystem, path: str) -> None:
 
 
 @contextmanager
-def _errors(storage: FileStorage) -> Iterator[None]:
+def _errors(storage: Storage) -> Iterator[None]:
     """Translate OS errors at the storage boundary."""
     try:
         yield
     except FileNotFoundError as e:
         raise NotFound("no such object") from e
-    except (PreconditionFailed, NotFound):
+    except (PreconditionFailed, NotFound, StorageUnavailable):
         raise
     except OSError as e:
         raise StorageUnavailable(f"storage {storage.url} failed: {e.strerror or e}") from e
 
 
-def _translated(storage: FileStorage, fn: Callable[..., T], *args: Any) -> T:
+def _translated(storage: Storage, fn: Callable[..., T], *args: Any) -> T:
     with _errors(storage):
         return fn(*args)

@@ -15,6 +15,13 @@ joins them to its root. The guarantees, each covered by tests/contract:
   which is what records and locks need for several instances to share a
   bucket: `if_none_match` creates only if absent, `if_match` replaces only if
   unchanged; a lost race raises `PreconditionFailed`.
+
+Each backend *declares* which guarantees it keeps (`Storage.abilities`), with
+its own store's primitives; start-up refuses a backend that lacks one the
+configuration needs (`registry.open_storage`), and the contract suite skips
+what a backend declares it cannot do, with the reason, instead of guessing
+from its name. A backend never fakes an ability: one it cannot keep is left
+out of its declaration.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any, ClassVar, Self
 
 from ..errors import StorageUnavailable
 
@@ -33,6 +41,38 @@ from ..errors import StorageUnavailable
 #: Large enough that per-call overhead (thread hops, syscalls) vanishes, small
 #: enough that memory stays flat.
 BLOCK_SIZE = 1 << 20
+
+
+class Ability(StrEnum):
+    """A guarantee a backend keeps; the value is how messages name it."""
+
+    #: Nothing is visible under a key until commit, then all of it; abort publishes nothing.
+    atomic_commit = "whole-or-nothing commit"
+    #: `put_small(if_none_match=True)`: exactly one of several racing creators wins.
+    conditional_create = "conditional create"
+    #: `put_small(if_match=etag)`: a replace based on a stale read fails.
+    conditional_replace = "conditional replace"
+    #: The two conditions above hold between processes (and hosts) sharing the store,
+    #: not only between tasks of one process.
+    shared_conditions = "conditional writes shared between processes"
+    #: A listing shows every committed key at once, whoever wrote it (no stale cache).
+    consistent_listing = "consistent listing"
+    #: A commit survives a crash of this machine once it returns (fsync, or a remote store).
+    durable_commit = "durable commit"
+    #: Objects are files on this machine's disk, so a local file on the same disk
+    #: can be linked in rather than copied (`put_local_file`).
+    local_files = "objects are local files"
+
+
+#: What every storage must keep for the service's promises to hold.
+REQUIRED_ABILITIES = frozenset(
+    {
+        Ability.atomic_commit,
+        Ability.conditional_create,
+        Ability.conditional_replace,
+        Ability.consistent_listing,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -75,8 +115,21 @@ class ObjectWriter(ABC):
 class Storage(ABC):
     """A place to keep uploads and their records, over one fsspec filesystem."""
 
+    #: The guarantees this backend keeps; see `Ability`.
+    abilities: ClassVar[frozenset[Ability]]
+
     #: The configured URL, for messages (never contains credentials).
     url: str
+
+    @classmethod
+    @abstractmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> Self:
+        """The backend for a configured URL and its `[storage.options]`.
+
+        Builds clients only: nothing may contact the store here (that is
+        `check`, which runs under a deadline). Raise `StorageUnavailable` for
+        options the underlying library refuses.
+        """
 
     @abstractmethod
     def create(self, key: str) -> ObjectWriter:
@@ -122,8 +175,8 @@ class Storage(ABC):
     async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
         """Store a finished local file (a staged background upload) under `key`.
 
-        The default streams it through `create`; backends on the same disk
-        override it with a link or an in-kernel copy.
+        The default streams it through `create`; backends with
+        `Ability.local_files` override it with a link or an in-kernel copy.
         """
         async with self.create(key) as writer:
             async for block in read_blocks(path.open):

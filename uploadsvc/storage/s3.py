@@ -28,13 +28,14 @@ import io
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
+import fsspec
 from s3fs import S3FileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import outlast_cancellation
-from .interface import BLOCK_SIZE, ObjectInfo, ObjectWriter, Storage, checked_key
+from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
 #: part size * (PARTS_IN_FLIGHT + 2): the parts in flight, one filling and one
@@ -55,12 +56,27 @@ log = logging.getLogger(__name__)
 class S3Storage(Storage):
     """Keys are objects under `s3://bucket/prefix/`, reached through one s3fs instance."""
 
+    # S3 has been strongly consistent for reads after writes and for listings
+    # since 2020; every listing here goes to the store (no s3fs dircache).
+    abilities = frozenset(Ability) - {Ability.local_files}
+
     def __init__(self, fs: S3FileSystem, root: str, url: str) -> None:
         self.fs = fs
         self.url = url
         bucket, _, prefix = root.strip("/").partition("/")
         self.bucket = bucket
         self.prefix = f"{prefix.strip('/')}/" if prefix.strip("/") else ""
+
+    @classmethod
+    def from_url(cls, url: str, options: dict[str, Any]) -> Self:
+        # A private instance: s3fs's instance cache would share sessions (and
+        # their state) between apps and between tests.
+        options.setdefault("skip_instance_cache", True)
+        try:
+            fs, root = fsspec.url_to_fs(url, **options)
+        except (ImportError, ValueError, TypeError) as e:
+            raise StorageUnavailable(f"storage {url}: {e}") from e
+        return cls(fs, root, url)
 
     def object_key(self, key: str) -> str:
         return f"{self.prefix}{checked_key(key)}"
