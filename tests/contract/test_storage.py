@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from tests.conftest import FAST_FAIL, Backend
+from tests.backends import Backend
 from uploadsvc.errors import NotFound, PreconditionFailed, StorageUnavailable
 from uploadsvc.storage import BLOCK_SIZE, Storage
 from uploadsvc.storage.s3 import PART_SIZE
@@ -64,7 +64,7 @@ def test_commit_publishes_exact_bytes_and_nothing_before(backend: Backend, size:
         )
 
     run(scenario, backend)
-    assert backend.leftovers() == [_key(backend, "obj")]
+    assert backend.leftovers() == ["obj"]
 
 
 @pytest.mark.parametrize("size", [10, PART_SIZE * 2 + 5])
@@ -103,12 +103,11 @@ def test_abort_is_idempotent_and_commit_after_abort_is_not_possible(backend: Bac
     assert backend.leftovers() == []
 
 
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
 def test_failure_mid_upload_aborts_the_multipart_upload(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A backend error in the middle of a multipart upload leaves no pending upload."""
-    if backend.name != "s3":
-        pytest.skip("multipart uploads exist only on object stores")
     from uploadsvc.storage.s3 import S3Storage
 
     original = S3Storage.call
@@ -207,7 +206,7 @@ def test_conditional_small_writes(backend: Backend) -> None:
         assert (await storage.get_small("r.json"))[0] == b"5"
 
     run(scenario, backend)
-    assert backend.leftovers() == [_key(backend, "r.json")]
+    assert backend.leftovers() == ["r.json"]
 
 
 @pytest.mark.parametrize("size", [0, 3, PART_SIZE + 17])
@@ -223,22 +222,17 @@ def test_put_local_file(backend: Backend, tmp_path: Path, size: int) -> None:
 
     assert run(scenario, backend) == data
     assert source.read_bytes() == data  # the caller decides when the staged file goes
-    assert backend.leftovers() == [_key(backend, "obj")]
+    assert backend.leftovers() == ["obj"]
 
 
 def test_check_passes_on_a_working_backend(backend: Backend) -> None:
     run(lambda storage: storage.check(), backend)
 
 
-def test_unreachable_backend_is_storage_unavailable(backend: Backend, tmp_path: Path) -> None:
-    if backend.name == "memory":
-        pytest.skip("memory:// cannot be unreachable")
-    if backend.name == "local":
-        blocker = tmp_path / "a-file"
-        blocker.write_bytes(b"")
-        broken = Backend("local", f"file://{blocker}/store")
-    else:
-        broken = Backend("s3", backend.url, {"endpoint_url": "http://127.0.0.1:9", **FAST_FAIL})
+def test_unreachable_backend_is_storage_unavailable(backend: Backend) -> None:
+    broken = backend.unreachable()
+    if broken is None:
+        pytest.skip(f"{backend.name} lives in this process: it cannot be unreachable")
 
     async def scenario(storage: Storage) -> None:
         with pytest.raises(StorageUnavailable):
@@ -252,20 +246,15 @@ def test_unreachable_backend_is_storage_unavailable(backend: Backend, tmp_path: 
 
 
 def test_missing_bucket_is_storage_unavailable(backend: Backend) -> None:
-    if backend.name != "s3":
-        pytest.skip("buckets exist only on object stores")
-    missing = Backend("s3", "s3://no-such-bucket-here/x", backend.options)
+    missing = backend.missing_root()
+    if missing is None:
+        pytest.skip(f"{backend.name} has no buckets or containers: check() creates its folder")
 
     async def scenario(storage: Storage) -> None:
-        with pytest.raises(StorageUnavailable, match="no-such-bucket-here"):
+        with pytest.raises(StorageUnavailable, match="no-such-"):
             await storage.check()
 
     run(scenario, missing)
-
-
-def _key(backend: Backend, key: str) -> str:
-    """Where `key` shows up in `Backend.contents()`."""
-    return f"uploads/{key}" if backend.name == "s3" else key
 
 
 def test_conditional_writes_have_exactly_one_winner(backend: Backend) -> None:
@@ -289,7 +278,7 @@ def test_conditional_writes_have_exactly_one_winner(backend: Backend) -> None:
         return sum(created), sum(swapped)
 
     assert run(race, backend) == (1, 1)
-    assert backend.leftovers() == [_key(backend, "r.json")]
+    assert backend.leftovers() == ["r.json"]
 
 
 @pytest.mark.parametrize("cancel_after", [1, 3, 2 * PART_SIZE // BLOCK_SIZE + 1, "commit"])
@@ -336,9 +325,7 @@ def test_keys_that_are_paths_are_refused(backend: Backend, key: str) -> None:
 
 
 def test_a_silent_endpoint_cannot_outlast_a_check_timeout(backend: Backend) -> None:
-    """A health or start-up check gives up on time even when S3 accepts and never answers."""
-    if backend.name != "s3":
-        pytest.skip("only a network backend can stay silent")
+    """A health or start-up check gives up on time even when the store accepts and never answers."""
     import socket
     import threading
 
@@ -349,9 +336,13 @@ def test_a_silent_endpoint_cannot_outlast_a_check_timeout(backend: Backend) -> N
     silent.listen(16)
     port = silent.getsockname()[1]
     outcome: list[BaseException] = []
+    quiet = backend.via(f"127.0.0.1:{port}")
+    if quiet is None:
+        silent.close()
+        pytest.skip(f"{backend.name} is not on the network: it cannot stay silent")
 
     def probe() -> None:
-        storage = Backend("s3", backend.url, {"endpoint_url": f"http://127.0.0.1:{port}"}).storage()
+        storage = quiet.storage()
         try:
             asyncio.run(check_in_time(storage, 0.5))
         except BaseException as e:
