@@ -1,0 +1,144 @@
+"""A third party's storage backend, installed as a package and chosen in config alone.
+
+The package is built and installed here as a user would (pip, entry point
+group `uploadsvc.storage`), outside the checkout; the service is started by
+its command with a config naming the plugin's protocol, and an upload lands
+in the plugin's store. A second protocol of the same package declares fewer
+abilities than the service needs, and start-up refuses it in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.backends.tools import free_port
+
+_PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "tinystore"
+version = "1.0"
+
+[project.entry-points."uploadsvc.storage"]
+tiny = "tinystore:TinyStorage"
+weak = "tinystore:WeakStorage"
+"""
+
+_MODULE = '''
+"""A backend for tiny://<folder>: a local folder under another name."""
+from uploadsvc.storage import Ability
+from uploadsvc.storage.files import LocalStorage
+
+
+class TinyStorage(LocalStorage):
+    @classmethod
+    def from_url(cls, url, options):
+        return cls.at(url.removeprefix("tiny://"))
+
+
+class WeakStorage(TinyStorage):
+    abilities = frozenset({Ability.atomic_commit, Ability.consistent_listing})
+'''
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tinystore installed by pip into a folder of its own."""
+    work = tmp_path_factory.mktemp("plugin")
+    package = work / "tinystore"
+    package.mkdir()
+    (package / "pyproject.toml").write_text(_PYPROJECT)
+    (package / "tinystore.py").write_text(_MODULE)
+    target = work / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
+        + ["--target", str(target), str(package)],
+        check=True,
+        timeout=120,
+    )
+    return target
+
+
+def _config(tmp_path: Path, url: str, port: int) -> Path:
+    path = tmp_path / "service.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [server]
+            port = {port}
+            [storage]
+            url = "{url}"
+            [staging]
+            path = "{tmp_path / "staging"}"
+            """
+        )
+    )
+    return path
+
+
+def _env(site: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
+
+
+def test_a_plugin_backend_serves_uploads_from_config_alone(site: Path, tmp_path: Path) -> None:
+    port = free_port()
+    store = tmp_path / "tiny-store"
+    config = _config(tmp_path, f"tiny://{store}", port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
+        env=_env(site),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the service did not start"
+            time.sleep(0.05)
+        data = os.urandom(100_000)
+        record = httpx.post(f"{url}/upload-blocking/", files={"file": ("t.bin", data)}).json()
+        assert record["sha256"] == hashlib.sha256(data).hexdigest()
+        assert (store / record["id"]).read_bytes() == data
+        assert (store / f"{record['id']}.json").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        if proc.stderr:
+            proc.stderr.close()
+
+
+def test_a_plugin_backend_lacking_abilities_is_refused_in_one_line(
+    site: Path, tmp_path: Path
+) -> None:
+    config = _config(tmp_path, f"weak://{tmp_path / 'weak'}", free_port())
+    result = subprocess.run(
+        [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
+        env=_env(site),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("uploadsvc: storage.url: weak://")
+    assert "conditional create" in line and "conditional replace" in line
+    assert not (tmp_path / "weak").exists()
