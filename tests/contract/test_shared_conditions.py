@@ -23,7 +23,7 @@ from uploadsvc.storage import Ability
 INCREMENTS = 50
 CREATES = 50
 
-_RACER = """
+_RACER = f"""
 import asyncio, json, sys
 from uploadsvc.errors import PreconditionFailed
 from uploadsvc.storage import open_storage
@@ -32,7 +32,7 @@ async def main(url, options, me):
     storage = open_storage(url, options)
     sys.stdin.readline()  # both racers start together
     lost = 0
-    for _ in range({increments}):
+    for _ in range({INCREMENTS}):
         while True:
             data, etag = await storage.get_small("counter.json")
             try:
@@ -41,7 +41,7 @@ async def main(url, options, me):
             except PreconditionFailed:
                 lost += 1
     won = []
-    for i in range({creates}):
+    for i in range({CREATES}):
         try:
             await storage.put_small(f"c{{i}}.json", me.encode(), if_none_match=True)
             won.append(i)
@@ -50,7 +50,7 @@ async def main(url, options, me):
     print(json.dumps({{"won": won, "lost": lost}}), flush=True)
 
 asyncio.run(main(*json.loads(sys.argv[1])))
-""".format(increments=INCREMENTS, creates=CREATES)
+"""
 
 
 def test_two_processes_lose_no_update_and_each_create_has_one_winner(backend: Backend) -> None:

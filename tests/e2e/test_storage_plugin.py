@@ -63,8 +63,18 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (package / "tinystore.py").write_text(_MODULE)
     target = work / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-        + ["--target", str(target), str(package)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(package),
+        ],
         check=True,
         timeout=120,
     )
