@@ -1,0 +1,108 @@
+"""A TCP proxy between the service and a store's server, to make the store fail.
+
+`Proxy(target)` listens on a free 127.0.0.1 port and forwards every
+connection to `target` ("127.0.0.1:PORT"). `cut()` drops every open
+connection and resets new ones at once (the store is down); `restore()`
+forwards again. It runs on an event loop of its own in a thread, so tests stay
+synchronous, as toxiproxy would, without another program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+class Proxy:
+    def __init__(self, target: str) -> None:
+        host, _, port = target.rpartition(":")
+        self._target = (host, int(port))
+        self._down = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        self._ready.wait(10)
+        self.address = f"127.0.0.1:{self._port}"
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0)
+        )
+        self._port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.run_until_complete(asyncio.sleep(0))
+        self._loop.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            _reset(writer)
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self._target)
+        except OSError:
+            _reset(writer)
+            return
+        self._writers |= {writer, up_writer}
+        await asyncio.gather(
+            _pump(reader, up_writer), _pump(up_reader, writer), return_exceptions=True
+        )
+        self._writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        """Reset every open connection, and every new one until `restore`."""
+
+        def cut() -> None:
+            self._down = True
+            for writer in list(self._writers):
+                _reset(writer)
+
+        self._loop.call_soon_threadsafe(cut)
+
+    def restore(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "_down", False)
+
+    def close(self) -> None:
+        self.cut()
+        self._loop.call_soon_threadsafe(self._server.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+@contextmanager
+def proxy_to(target: str) -> Iterator[Proxy]:
+    proxy = Proxy(target)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        with contextlib.suppress(Exception):
+            writer.close()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a RST, as a crashed server or a dropped route looks to the client."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        import socket
+        import struct
+
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
