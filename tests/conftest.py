@@ -40,12 +40,15 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     yield from module.make(request, tmp_path)
 
 
-def make_settings(backend: Backend, tmp_path: Path, **limits: int) -> Settings:
+def make_settings(
+    backend: Backend, tmp_path: Path, jobs: dict[str, Any] | None = None, **limits: int
+) -> Settings:
     return parse_settings(
         {
             "storage": {"url": backend.url, "options": backend.options},
             "staging": {"path": str(tmp_path / "staging")},
             "limits": limits,
+            "jobs": jobs or {},
         }
     )
 
@@ -58,7 +61,7 @@ def settings(backend: Backend, tmp_path: Path) -> Settings:
 @contextmanager
 def serving(app: FastAPI) -> Iterator[str]:
     """Serve `app` with a real uvicorn on 127.0.0.1 (a free port) in a thread."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -98,7 +101,7 @@ def live_factory(backend: Backend, tmp_path: Path) -> Iterator[Callable[..., Liv
         stack.append(ctx)
         http = httpx.Client(base_url=url, timeout=60)
         stack.append(http)
-        return Live(url, app, http, backend, Path(settings.staging.path))
+        return Live(url, app, http, backend, Path(settings.staging.url.removeprefix("file://")))
 
     yield start
     for item in reversed(stack):

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_VAR = "UPLOADSVC_CONFIG"
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -38,9 +38,38 @@ class StorageSettings(_Section):
 
 
 class StagingSettings(_Section):
-    """Local folder where background uploads become durable before the 202."""
+    """Where background uploads become durable before the 202: any storage URL.
 
-    path: str = "./staging"
+    A local folder is the default; a bucket prefix lets any instance finish
+    any upload. `path` (a local folder) is the older spelling of a `file://`
+    URL and stays accepted; giving both is a mistake.
+    """
+
+    url: str = "file://./staging"
+    #: fsspec options for `url`; when absent and `url` has the storage URL's
+    #: protocol, `[storage.options]` are used (see `Settings.staging_options`).
+    options: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _path_is_a_file_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "path" in data:
+            if "url" in data:
+                raise ValueError("give url or path, not both")
+            path = data["path"]
+            if not isinstance(path, str):
+                raise ValueError("path must be a string")
+            data = {k: v for k, v in data.items() if k != "path"} | {"url": f"file://{path}"}
+        return data
+
+
+class JobsSettings(_Section):
+    """How background steps are retried and owned (see `jobs.py`)."""
+
+    attempts: int = Field(default=5, ge=1)
+    backoff_seconds: float = Field(default=1.0, ge=0)
+    lease_seconds: float = Field(default=30.0, gt=0)
+    grace_seconds: float = Field(default=3600.0, ge=0)
 
 
 class LimitsSettings(_Section):
@@ -57,8 +86,22 @@ class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     staging: StagingSettings = Field(default_factory=StagingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    jobs: JobsSettings = Field(default_factory=JobsSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def staging_options(self) -> dict[str, Any]:
+        """`[staging.options]`, or `[storage.options]` when staging is on the same protocol."""
+        if self.staging.options is not None:
+            return self.staging.options
+        if protocol_of(self.staging.url) == protocol_of(self.storage.url):
+            return self.storage.options
+        return {}
+
+
+def protocol_of(url: str) -> str:
+    """`s3` for `s3://bucket/x`; a URL without a protocol is a local path."""
+    return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
 def config_path() -> Path | None:

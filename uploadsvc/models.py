@@ -1,13 +1,19 @@
-"""The upload record and the API's JSON shapes.
+"""The upload record, its states, and the API's JSON shapes.
 
-`UploadRecord` is both what clients see and what is stored as `<id>.json`
-beside the bytes: one model, so the two can never drift apart.
+`UploadRecord` is what clients see; `StoredRecord`, what is stored as
+`<id>.json` beside the bytes, is the same model plus `job`, the bookkeeping of
+whoever works on the upload (see `jobs.py`). One model, so the two can never
+drift apart; `public()` gives the client's view.
+
+The statuses and the moves between them are defined here and only here
+(`Status.can_become`); `records.py` refuses any other move.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -22,6 +28,40 @@ class Status(StrEnum):
     completed = "completed"
     failed = "failed"
 
+    @property
+    def final(self) -> bool:
+        """Nothing changes an upload in a final status but its deletion."""
+        return not _NEXT[self]
+
+    def can_become(self, other: Status) -> bool:
+        """Whether a record may move from this status to `other`.
+
+        A status may stay as it is (a retried step, a renewed lease) unless it is final.
+        """
+        return other in _NEXT[self]
+
+
+_NEXT: dict[Status, frozenset[Status]] = {
+    Status.queued: frozenset({Status.queued, Status.storing, Status.failed}),
+    Status.storing: frozenset({Status.storing, Status.processing, Status.completed, Status.failed}),
+    Status.processing: frozenset({Status.processing, Status.completed, Status.failed}),
+    Status.completed: frozenset(),
+    Status.failed: frozenset(),
+}
+
+
+class Job(BaseModel):
+    """Who works on an upload and until when; stored in the record, never shown.
+
+    `owner` holds the upload while `lease_until` is in the future and renews
+    it as it works; an expired lease may be taken over by any instance. A step
+    that failed waits until `retry_at` before anyone tries it again.
+    """
+
+    owner: str | None = None
+    lease_until: datetime | None = None
+    retry_at: datetime | None = None
+
 
 class UploadRecord(BaseModel):
     id: str
@@ -35,6 +75,18 @@ class UploadRecord(BaseModel):
     completed_at: datetime | None = None
     url: str
     results: dict[str, Any] = Field(default_factory=dict)
+    #: Tries of the current background step so far (0 before the first failure).
+    attempts: int = 0
+
+    def public(self) -> dict[str, Any]:
+        """The record as clients see it (JSON-ready), whatever subclass holds it."""
+        return self.model_dump(mode="json", include=set(UploadRecord.model_fields))
+
+
+class StoredRecord(UploadRecord):
+    """The record as stored: the client's view plus who works on it."""
+
+    job: Job | None = None
 
 
 class Accepted(BaseModel):
@@ -46,7 +98,7 @@ class Accepted(BaseModel):
 
 
 class UploadPage(BaseModel):
-    items: list[UploadRecord]
+    items: Sequence[UploadRecord]
     next_cursor: str | None
 
 

@@ -3,28 +3,43 @@
 The record is the truth about an upload; no process keeps its own copy
 between requests, so any instance sharing the storage can answer for any
 upload. Records are written whole. Creation is create-if-absent, and every
-status change is a compare-and-swap on the record's etag, so two instances
-cannot both advance the same upload: the loser sees `Conflict`.
+change is a compare-and-swap on the record's etag (`change`), so two
+instances cannot both advance the same upload: each change is computed from
+the record as it is, and a writer that raced re-reads and decides again.
+
+While an upload is not final, a marker `<id>.active` sits beside its record,
+so the sweep that resumes abandoned work reads only the records that may
+need it, not every record ever made. The marker is written before the record
+and removed after the record became final: a marker may outlive its reason
+(the sweep removes it), but an unfinished upload never lacks one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Collection
+from collections.abc import Callable
 from typing import Any
 
 from .errors import Conflict, NotFound, PreconditionFailed
-from .models import ID_PATTERN, Status, UploadRecord
+from .models import ID_PATTERN, Status, StoredRecord
 from .storage import Storage
 
 _SUFFIX = ".json"
+_ACTIVE = ".active"
 _ID = re.compile(ID_PATTERN)
-_CAS_ATTEMPTS = 5
+_CAS_ATTEMPTS = 8
 
 
 def record_key(upload_id: str) -> str:
     return f"{upload_id}{_SUFFIX}"
+
+
+def active_key(upload_id: str) -> str:
+    return f"{upload_id}{_ACTIVE}"
+
+
+Edit = Callable[[StoredRecord], StoredRecord]
 
 
 class Records:
@@ -33,36 +48,56 @@ class Records:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
 
-    async def create(self, record: UploadRecord) -> None:
+    async def create(self, record: StoredRecord) -> None:
+        if not record.status.final:
+            await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)
 
-    async def get(self, upload_id: str) -> UploadRecord:
+    async def get(self, upload_id: str) -> StoredRecord:
         return (await self._get(upload_id))[0]
 
-    async def transition(
-        self, upload_id: str, allowed_from: Collection[Status], **changes: Any
-    ) -> UploadRecord:
-        """Apply `changes` if the record's status is in `allowed_from`, atomically.
+    async def change(self, upload_id: str, edit: Edit) -> StoredRecord:
+        """Apply `edit` to the record as it is now, atomically.
 
-        Re-reads and retries when another writer got in between; raises
-        `Conflict` when the status no longer allows the change.
+        `edit` gets the current record and returns the new one (or raises, say
+        `Conflict`, when the change no longer makes sense); it may run several
+        times, once per lost race. A status move that `Status.can_become`
+        does not allow raises `Conflict`. `NotFound` if the record is gone.
         """
-        unknown = changes.keys() - UploadRecord.model_fields.keys()
-        if unknown:
-            raise TypeError(f"not record fields: {sorted(unknown)}")
         for _ in range(_CAS_ATTEMPTS):
             record, etag = await self._get(upload_id)
-            if record.status not in allowed_from:
-                raise Conflict(f"upload {upload_id} is {record.status}")
-            updated = UploadRecord.model_validate({**record.model_dump(), **changes})
+            updated = edit(record)
+            if not record.status.can_become(updated.status):
+                raise Conflict(f"upload {upload_id} is {record.status}, not {updated.status}")
             try:
                 await self.storage.put_small(record_key(upload_id), _dump(updated), if_match=etag)
             except PreconditionFailed:
                 continue
+            if updated.status.final:
+                await self.storage.delete(active_key(upload_id))
             return updated
         raise Conflict(f"upload {upload_id} is being changed by someone else")
 
-    async def page(self, limit: int, cursor: str | None) -> tuple[list[UploadRecord], str | None]:
+    async def move(self, upload_id: str, status: Status, **changes: Any) -> StoredRecord:
+        """Set `status` and `changes`, whatever else the record holds now."""
+        unknown = changes.keys() - StoredRecord.model_fields.keys()
+        if unknown:
+            raise TypeError(f"not record fields: {sorted(unknown)}")
+        return await self.change(
+            upload_id,
+            lambda r: StoredRecord.model_validate({**r.model_dump(), "status": status, **changes}),
+        )
+
+    async def active(self) -> list[str]:
+        """Ids of uploads that were not final when last written (see the module docstring)."""
+        keys = await self.storage.list(_ACTIVE)
+        return [k[: -len(_ACTIVE)] for k in keys if _ID.match(k[: -len(_ACTIVE)])]
+
+    async def forget_active(self, upload_id: str) -> None:
+        """Remove a marker that outlived its reason (final or missing record)."""
+        await self.storage.delete(active_key(upload_id))
+
+    async def page(self, limit: int, cursor: str | None) -> tuple[list[StoredRecord], str | None]:
         """Records newest first, `limit` at a time, after `cursor` (the last id seen)."""
         ids = sorted((k[: -len(_SUFFIX)] for k in await self.storage.list(_SUFFIX)), reverse=True)
         ids = [i for i in ids if _ID.match(i) and (cursor is None or i < cursor)]
@@ -74,17 +109,18 @@ class Records:
 
     async def delete(self, upload_id: str) -> None:
         await self.storage.delete(record_key(upload_id))
+        await self.storage.delete(active_key(upload_id))
 
-    async def _get(self, upload_id: str) -> tuple[UploadRecord, str]:
+    async def _get(self, upload_id: str) -> tuple[StoredRecord, str]:
         if not _ID.match(upload_id):
             raise NotFound(f"no upload {upload_id!r}")
         try:
             data, etag = await self.storage.get_small(record_key(upload_id))
         except NotFound:
             raise NotFound(f"no upload {upload_id!r}") from None
-        return UploadRecord.model_validate_json(data), etag
+        return StoredRecord.model_validate_json(data), etag
 
-    async def _get_or_none(self, upload_id: str) -> UploadRecord | None:
+    async def _get_or_none(self, upload_id: str) -> StoredRecord | None:
         """A listed record may be deleted before it is read: skip it."""
         try:
             return await self.get(upload_id)
@@ -92,5 +128,5 @@ class Records:
             return None
 
 
-def _dump(record: UploadRecord) -> bytes:
+def _dump(record: StoredRecord) -> bytes:
     return record.model_dump_json().encode()

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.api.helpers import stored_bytes, wait_for_status, wait_until
-from tests.conftest import Live
+from tests.backends import Backend
+from tests.conftest import Live, make_settings
 from uploadsvc.errors import StorageUnavailable
 from uploadsvc.pipeline import Pipeline, StoredUpload
 
@@ -35,44 +36,70 @@ class Gate:
         self.loop.call_soon_threadsafe(self.opened.set)
 
 
+def _hold_storing(live: Live, monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """Hold every move from staging into storage until the gate opens."""
+    storage = live.app.state.service.storage
+    gate = Gate()
+    real_adopt = storage.adopt
+
+    async def held_adopt(key: str, source: Any) -> Any:
+        await gate.wait()
+        return await real_adopt(key, source)
+
+    monkeypatch.setattr(storage, "adopt", held_adopt)
+    return gate
+
+
+def _fast_jobs(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path, **jobs: Any
+) -> Live:
+    """A live app whose retries come at once (and with `jobs` settings)."""
+    jobs = {"backoff_seconds": 0.01, **jobs}
+    return live_factory(make_settings(backend, tmp_path, jobs, max_upload_bytes=32 << 20))
+
+
 def test_background_answers_before_storing_finishes(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The 202 must not wait for the backend: hold the backend and get the answer anyway."""
-    service = live.app.state.service
-    gate = Gate()
-    real_put = service.storage.put_local_file
-
-    async def slow_put(key: str, path: Path) -> Any:
-        await gate.wait()
-        return await real_put(key, path)
-
-    monkeypatch.setattr(service.storage, "put_local_file", slow_put)
+    gate = _hold_storing(live, monkeypatch)
     payload = os.urandom(3 << 20)
     response = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)})
     assert response.status_code == 202
     upload_id = response.json()["id"]
     held = wait_for_status(live, upload_id, "storing")
-    assert held["status"] == "storing"
+    assert held["status"] == "storing" and "job" not in held
     assert live.http.get(f"/uploads/{upload_id}/content").status_code == 409
-    refused = live.http.delete(f"/uploads/{upload_id}")  # would race the job storing it
-    assert (refused.status_code, refused.json()["code"]) == (409, "conflict")
     gate.open()
     assert wait_for_status(live, upload_id)["status"] == "completed"
     assert stored_bytes(live.backend, upload_id) == payload
 
 
+def test_deleting_an_upload_while_it_is_stored_stops_the_job_and_leaves_nothing(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = _hold_storing(live, monkeypatch)
+    upload_id = live.http.post(
+        "/upload-nonblocking/", files={"file": ("f", os.urandom(1 << 20))}
+    ).json()["id"]
+    wait_for_status(live, upload_id, "storing")
+    wait_until(lambda: gate.waiting == 1)
+    assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
+    assert live.http.get(f"/uploads/{upload_id}").status_code == 404
+    wait_until(lambda: live.backend.leftovers() == [] and not any(live.staging.iterdir()))
+
+
 def test_background_task_is_handed_only_the_id(live: Live, monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression guard for fastapi#10857: no request or file object may reach the task."""
-    service = live.app.state.service
+    jobs = live.app.state.jobs
     calls: list[tuple[Any, ...]] = []
-    real = service.complete_background
+    real = jobs.nudge
 
     async def spy(*args: Any, **kwargs: Any) -> None:
         calls.append(args + tuple(kwargs.values()))
         await real(*args, **kwargs)
 
-    monkeypatch.setattr(service, "complete_background", spy)
+    monkeypatch.setattr(jobs, "nudge", spy)
     payload = os.urandom(1 << 20)
     upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
     assert wait_for_status(live, upload_id)["status"] == "completed"
@@ -80,30 +107,118 @@ def test_background_task_is_handed_only_the_id(live: Live, monkeypatch: pytest.M
     assert stored_bytes(live.backend, upload_id) == payload
 
 
-def test_storing_failure_marks_failed_and_keeps_the_staged_bytes(
-    live: Live, monkeypatch: pytest.MonkeyPatch
+def test_storing_failure_retries_then_fails_and_keeps_the_staged_bytes(
+    live_factory: Callable[..., Live],
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An accepted upload is never lost: if the backend fails, the staged copy stays."""
-    service = live.app.state.service
-    service.retry_delays = (0, 0)
+    """An accepted upload is never lost: if the backend keeps failing, the staged copy stays."""
+    live = _fast_jobs(live_factory, backend, tmp_path, attempts=3)
     attempts = []
 
-    async def broken_put(key: str, path: Path) -> Any:
+    async def broken_adopt(key: str, source: Any) -> Any:
         attempts.append(key)
         raise StorageUnavailable("storage failed: injected")
 
-    monkeypatch.setattr(service.storage, "put_local_file", broken_put)
+    monkeypatch.setattr(live.app.state.service.storage, "adopt", broken_adopt)
     payload = b"precious" * 1000
     upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
     record = wait_for_status(live, upload_id)
     assert record["status"] == "failed"
-    assert "injected" in record["error"]
-    assert attempts == [upload_id] * 3  # retried before giving up
+    assert record["error"] == "storing failed after 3 attempts: storage failed: injected"
+    assert record["attempts"] == 3
+    assert attempts == [upload_id] * 3
     assert (live.staging / upload_id).read_bytes() == payload
     # Deleting the failed upload is the one way its staged bytes go.
     assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
     assert list(live.staging.iterdir()) == []
     assert live.backend.leftovers() == []
+
+
+def test_a_backend_that_comes_back_gets_the_upload(
+    live_factory: Callable[..., Live],
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    live = _fast_jobs(live_factory, backend, tmp_path, attempts=3)
+    storage = live.app.state.service.storage
+    real_adopt = storage.adopt
+    failures = [StorageUnavailable("storage failed: injected")] * 2
+
+    async def flaky_adopt(key: str, source: Any) -> Any:
+        if failures:
+            raise failures.pop()
+        return await real_adopt(key, source)
+
+    monkeypatch.setattr(storage, "adopt", flaky_adopt)
+    payload = os.urandom(100_000)
+    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
+    record = wait_for_status(live, upload_id)
+    assert (record["status"], record["attempts"]) == ("completed", 2)
+    assert stored_bytes(live.backend, upload_id) == payload
+
+
+def test_deleting_a_queued_upload_stops_its_job(
+    live: Live, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = live.app.state.jobs
+    gate = Gate()
+    real_nudge = jobs.nudge
+
+    async def held_nudge(upload_id: str) -> None:
+        await gate.wait()
+        await real_nudge(upload_id)
+
+    monkeypatch.setattr(jobs, "nudge", held_nudge)
+    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", b"x" * 1000)}).json()[
+        "id"
+    ]
+    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "queued"
+    assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
+    gate.open()
+    wait_until(lambda: gate.opened.is_set())
+    # The job finds the upload gone and stores nothing.
+    wait_until(lambda: live.backend.leftovers() == [] and not any(live.staging.iterdir()))
+    assert live.http.get(f"/uploads/{upload_id}").status_code == 404
+
+
+def test_a_job_that_cannot_write_its_record_is_taken_over_once_its_lease_runs_out(
+    live_factory: Callable[..., Live],
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Storage away for the bytes and the record: nothing is written, nothing lost; the
+    sweep resumes the upload when the lease expires and the storage is back."""
+    live = _fast_jobs(live_factory, backend, tmp_path, lease_seconds=0.6)
+    storage = live.app.state.service.storage
+    outage = {"on": True, "adopts": 0}
+    real_adopt, real_put_small = storage.adopt, storage.put_small
+
+    async def adopt(key: str, source: Any) -> Any:
+        outage["adopts"] += 1
+        if outage["on"]:
+            raise StorageUnavailable("storage failed: injected")
+        return await real_adopt(key, source)
+
+    async def put_small(key: str, data: bytes, **conditions: Any) -> Any:
+        if outage["on"] and outage["adopts"]:  # the claim works, nothing after it
+            raise StorageUnavailable("storage failed: injected")
+        return await real_put_small(key, data, **conditions)
+
+    monkeypatch.setattr(storage, "adopt", adopt)
+    monkeypatch.setattr(storage, "put_small", put_small)
+    payload = b"keep me"
+    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
+    wait_until(lambda: outage["adopts"] >= 1)
+    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "storing"
+    assert (live.staging / upload_id).read_bytes() == payload
+    outage["on"] = False
+    record = wait_for_status(live, upload_id)
+    assert record["status"] == "completed"
+    assert stored_bytes(live.backend, upload_id) == payload
 
 
 class Recorder:
@@ -114,89 +229,6 @@ class Recorder:
         async for block in upload.read():
             digest.update(block)
         return {"sha256": digest.hexdigest(), "status_seen": upload.record.status.value}
-
-
-def test_a_backend_that_comes_back_gets_the_upload(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = live.app.state.service
-    service.retry_delays = (0, 0)
-    real_put = service.storage.put_local_file
-    failures = [StorageUnavailable("storage failed: injected")]
-
-    async def flaky_put(key: str, path: Path) -> Any:
-        if failures:
-            raise failures.pop()
-        return await real_put(key, path)
-
-    monkeypatch.setattr(service.storage, "put_local_file", flaky_put)
-    payload = os.urandom(100_000)
-    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()["id"]
-    assert wait_for_status(live, upload_id)["status"] == "completed"
-    assert stored_bytes(live.backend, upload_id) == payload
-
-
-def test_deleting_a_queued_upload_stops_its_job(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    service = live.app.state.service
-    gate = Gate()
-    real_job = service.complete_background
-
-    async def held_job(upload_id: str) -> None:
-        await gate.wait()
-        await real_job(upload_id)
-
-    monkeypatch.setattr(service, "complete_background", held_job)
-    upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", b"x" * 1000)}).json()[
-        "id"
-    ]
-    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "queued"
-    assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
-    gate.open()
-    wait_until(lambda: gate.opened.is_set())
-    # The job finds the upload taken and stores nothing.
-    wait_until(lambda: live.backend.leftovers() == [] and not any(live.staging.iterdir()))
-    assert live.http.get(f"/uploads/{upload_id}").status_code == 404
-
-
-def test_a_job_whose_record_cannot_be_written_stops_quietly_and_keeps_the_bytes(
-    live: Live, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Storage away for the bytes and the record: the job ends without an error escaping."""
-    service = live.app.state.service
-    service.retry_delays = ()
-    upload_id = asyncio.run(_queued_upload(service, b"keep me"))
-
-    async def down(*args: Any, **kwargs: Any) -> Any:
-        raise StorageUnavailable("storage failed: injected")
-
-    monkeypatch.setattr(service.storage, "put_local_file", down)
-    real_put_small = service.storage.put_small
-    calls = {"n": 0}
-
-    async def put_small_then_down(*args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] > 1:  # queued -> storing works, nothing after it does
-            raise StorageUnavailable("storage failed: injected")
-        return await real_put_small(*args, **kwargs)
-
-    monkeypatch.setattr(service.storage, "put_small", put_small_then_down)
-    asyncio.run(service.complete_background(upload_id))  # must not raise
-    monkeypatch.undo()
-    assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "storing"
-    assert (live.staging / upload_id).read_bytes() == b"keep me"
-
-
-async def _queued_upload(service: Any, data: bytes) -> str:
-    """Accept an upload on the background path without running its job."""
-    from tests.rawhttp import MULTIPART_TYPE, multipart
-
-    async def body() -> Any:
-        yield multipart(data)
-
-    record = await service.upload_background(body(), MULTIPART_TYPE, None)
-    return str(record.id)
 
 
 class Unserialisable:

@@ -18,7 +18,7 @@ import pytest
 
 from tests.backends import Backend
 from uploadsvc.errors import NotFound, PreconditionFailed, StorageUnavailable
-from uploadsvc.storage import BLOCK_SIZE, Storage
+from uploadsvc.storage import BLOCK_SIZE, Storage, open_storage
 from uploadsvc.storage.s3 import PART_SIZE
 
 T = TypeVar("T")
@@ -209,19 +209,28 @@ def test_conditional_small_writes(backend: Backend) -> None:
     assert backend.leftovers() == ["r.json"]
 
 
+@pytest.mark.parametrize("source_url", ["local", "memory"])
 @pytest.mark.parametrize("size", [0, 3, PART_SIZE + 17])
-def test_put_local_file(backend: Backend, tmp_path: Path, size: int) -> None:
-    source = tmp_path / "staged"
+def test_adopt_copies_another_storages_object(
+    backend: Backend, tmp_path: Path, size: int, source_url: str
+) -> None:
+    """Staged bytes move into storage: linked from a local folder when the backend can,
+    streamed otherwise; the source keeps its object (the caller removes it)."""
     data = os.urandom(size)
-    source.write_bytes(data)
+    url = f"file://{tmp_path / 'staging'}" if source_url == "local" else f"memory://s-{os.getpid()}"
 
-    async def scenario(storage: Storage) -> bytes:
-        info = await storage.put_local_file("obj", source)
+    async def scenario(storage: Storage) -> tuple[bytes, bytes]:
+        source = open_storage(url)
+        async with source.create("obj") as writer:
+            await writer.write(data)
+            await writer.commit()
+        info = await storage.adopt("obj", source)
         assert info.size == size
-        return await read_all(storage, "obj")
+        kept = await read_all(source, "obj")
+        await source.delete("obj")
+        return await read_all(storage, "obj"), kept
 
-    assert run(scenario, backend) == data
-    assert source.read_bytes() == data  # the caller decides when the staged file goes
+    assert run(scenario, backend) == (data, data)
     assert backend.leftovers() == ["obj"]
 
 

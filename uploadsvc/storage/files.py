@@ -250,8 +250,14 @@ class LocalStorage(RenamingStorage):
             raise PreconditionFailed(f"{final} already exists") from None
         _rm_quietly(self.fs, part)
 
-    async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
-        """Link the staged file in when it is on the same disk (no copy at all)."""
+    def local_path(self, key: str) -> Path:
+        return Path(self.path(key))
+
+    async def adopt(self, key: str, source: Storage) -> ObjectInfo:
+        """Link the source's file in when it is on this disk too (no copy at all)."""
+        path = source.local_path(key)
+        if path is None:
+            return await super().adopt(key, source)
 
         def adopt() -> ObjectInfo:
             final = self.path(key)

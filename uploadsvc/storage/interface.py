@@ -59,8 +59,8 @@ class Ability(StrEnum):
     consistent_listing = "consistent listing"
     #: A commit survives a crash of this machine once it returns (fsync, or a remote store).
     durable_commit = "durable commit"
-    #: Objects are files on this machine's disk, so a local file on the same disk
-    #: can be linked in rather than copied (`put_local_file`).
+    #: Objects are files on this machine's disk (`Storage.local_path`), so one
+    #: backend can link another's object in rather than copy it (`Storage.adopt`).
     local_files = "objects are local files"
 
 
@@ -172,16 +172,21 @@ class Storage(ABC):
         Cheap: `/healthz` calls it.
         """
 
-    async def put_local_file(self, key: str, path: Path) -> ObjectInfo:
-        """Store a finished local file (a staged background upload) under `key`.
+    async def adopt(self, key: str, source: Storage) -> ObjectInfo:
+        """Store the object `key` of `source` (a staged upload) under the same key here.
 
-        The default streams it through `create`; backends with
-        `Ability.local_files` override it with a link or an in-kernel copy.
+        The default streams it through `create`, so every guarantee of this
+        backend holds; a backend may do better for a source it can reach
+        directly (two folders on one disk: a hard link, see `local_path`).
         """
         async with self.create(key) as writer:
-            async for block in read_blocks(path.open):
+            async for block in source.read(key):
                 await writer.write(block)
             return await writer.commit()
+
+    def local_path(self, key: str) -> Path | None:
+        """Where `key` is on this machine's disk, for backends with `Ability.local_files`."""
+        return None
 
 
 def checked_key(key: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 import fsspec
 
-from ..config import ConfigError
+from ..config import ConfigError, protocol_of
 from .interface import REQUIRED_ABILITIES, Ability, Storage
 
 ENTRY_POINT_GROUP = "uploadsvc.storage"
@@ -50,10 +50,6 @@ _BUILTIN: dict[str, _Builtin] = {
     "sftp": _Builtin("sftp:SFTPStorage", "sshfs", "sftp"),
     "ssh": _Builtin("sftp:SFTPStorage", "sshfs", "sftp"),
 }
-
-
-def protocol_of(url: str) -> str:
-    return url.split("://", 1)[0].lower() if "://" in url else "file"
 
 
 def backend_class(url: str) -> type[Storage]:

@@ -23,6 +23,7 @@ from ..errors import (
     UnsupportedMediaType,
     error_responses,
 )
+from ..jobs import Jobs
 from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
 from ..service import UploadService
 from ..storage import check_in_time
@@ -58,6 +59,11 @@ def _service(request: Request) -> UploadService:
     return service
 
 
+def _jobs(request: Request) -> Jobs:
+    jobs: Jobs = request.app.state.jobs
+    return jobs
+
+
 def _content_length(request: Request) -> int | None:
     value = request.headers.get("content-length")
     if value is None:
@@ -86,15 +92,18 @@ def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> R
     summary="Upload a file; answer once it is stored and processed",
 )
 async def upload_blocking(request: Request) -> Response:
-    service = _service(request)
-    record = await service.upload_blocking(
+    jobs = _jobs(request)
+    record = await _service(request).receive_blocking(
         # The body straight from Starlette, no wrapper: this loop runs once per
         # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
         request.stream(),
         request.headers.get("content-type"),
         _content_length(request),
+        job=jobs.new_lease(),
     )
-    return _answer(request, record, 201, record.model_dump(mode="json"))
+    if not record.status.final:
+        record = await jobs.run_held(record)
+    return _answer(request, record, 201, record.public())
 
 
 @router.post(
@@ -106,15 +115,14 @@ async def upload_blocking(request: Request) -> Response:
     summary="Upload a file; answer once the bytes are durably received",
 )
 async def upload_nonblocking(request: Request, background: BackgroundTasks) -> Response:
-    service = _service(request)
-    record = await service.upload_background(
+    record = await _service(request).receive_background(
         # The body straight from Starlette, no wrapper: this loop runs once per
         # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
         request.stream(),
         request.headers.get("content-type"),
         _content_length(request),
     )
-    background.add_task(service.complete_background, record.id)
+    background.add_task(_jobs(request).nudge, record.id)
     accepted = Accepted(id=record.id, status=record.status, status_url=f"/uploads/{record.id}")
     return _answer(request, record, 202, accepted.model_dump(mode="json"))
 
@@ -140,7 +148,7 @@ async def get_upload(request: Request, upload_id: str) -> Response:
     record = await _service(request).records.get(upload_id)
     if wants_html(request):
         return templates.TemplateResponse(request, "record.html", {"record": record})
-    return JSONResponse(record.model_dump(mode="json"))
+    return JSONResponse(record.public())
 
 
 @router.get(
@@ -205,10 +213,10 @@ async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
 @router.delete(
     "/uploads/{upload_id}",
     status_code=204,
-    responses=error_responses(NotFound, Conflict, StorageUnavailable),
+    responses=error_responses(NotFound, StorageUnavailable),
 )
 async def delete_upload(request: Request, upload_id: str) -> Response:
-    await _service(request).delete(upload_id)
+    await _jobs(request).delete(upload_id)
     return Response(status_code=204)
 
 
