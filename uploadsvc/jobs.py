@@ -40,7 +40,8 @@ from typing import Any
 
 from .config import JobsSettings
 from .errors import Conflict, NotFound, ServiceError, StorageUnavailable
-from .models import Job, Status, StoredRecord, now
+from .leftovers import remove_leftovers
+from .models import Job, Status, StoredRecord, age_seconds, now
 from .service import UploadService
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ class Jobs:
             try:
                 record = await self.records.get(upload_id)
             except NotFound:
-                if _age(upload_id, moment) > self.settings.grace_seconds:
+                if age_seconds(upload_id) > self.settings.grace_seconds:
                     await self.records.forget_active(upload_id)
                 continue
             if record.status.final:
@@ -362,9 +363,17 @@ class Jobs:
         return True
 
     async def _sweep_forever(self) -> None:
+        """Resume every `sweep_interval`; remove leftovers every half grace period (at
+        most every 10 minutes: each pass lists everything)."""
+        leftovers_every = max(self.sweep_interval, min(self.settings.grace_seconds / 2, 600.0))
+        leftovers_due = 0.0
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 await self.sweep()
+                if loop.time() >= leftovers_due:
+                    await remove_leftovers(self.service, self.settings.grace_seconds)
+                    leftovers_due = loop.time() + leftovers_every
             except ServiceError as e:
                 log.warning("sweep failed, trying again in %g s: %s", self.sweep_interval, e.detail)
             await asyncio.sleep(self.sweep_interval)
@@ -391,9 +400,3 @@ def backoff(base: float, attempt: int) -> float:
     """Seconds before try `attempt + 1`: doubling from `base`, with jitter in [0.5, 1.5)x
     so instances that failed together do not retry together."""
     return float(base * 2 ** (attempt - 1) * (0.5 + random.random()))
-
-
-def _age(upload_id: str, moment: datetime) -> float:
-    """Seconds since the upload's id was made (ids start with their creation time)."""
-    created_ms = int(upload_id[:12], 16)
-    return moment.timestamp() - created_ms / 1000

@@ -119,5 +119,10 @@ def new_id() -> str:
 ID_PATTERN = r"^[0-9a-f]{28}$"
 
 
+def age_seconds(upload_id: str) -> float:
+    """Seconds since the upload's id was made (an id starts with its creation time)."""
+    return time.time() - int(upload_id[:12], 16) / 1000
+
+
 def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -364,3 +365,27 @@ def test_a_silent_endpoint_cannot_outlast_a_check_timeout(backend: Backend) -> N
     assert not worker.is_alive(), "the check outlived its timeout"
     assert len(outcome) == 1 and isinstance(outcome[0], StorageUnavailable)
     assert "did not answer" in str(outcome[0])
+
+
+def test_remove_incomplete_takes_only_writes_whose_writer_died(backend: Backend) -> None:
+    """A writer that neither commits nor aborts (its process died) leaves a part file or
+    a pending multipart upload; the sweep's call removes it once old enough, and never
+    touches a committed object."""
+
+    async def scenario(storage: Storage) -> tuple[int, int]:
+        if type(storage).remove_incomplete is Storage.remove_incomplete:
+            pytest.skip(f"{backend.name} leaves incomplete writes for its store to expire")
+        async with storage.create("kept") as writer:
+            await writer.write(b"committed")
+            await writer.commit()
+        dead = storage.create("dead")
+        for block in blocks(PART_SIZE + BLOCK_SIZE):  # past one part: a multipart upload
+            await dead.write(block)
+        began = time.time()
+        young = await storage.remove_incomplete(3600, lambda key: began)
+        await asyncio.sleep(1.1)  # mtimes may have a resolution of a second
+        old = await storage.remove_incomplete(1, lambda key: began)
+        return young, old
+
+    assert run(scenario, backend) == (0, 1)
+    assert backend.leftovers() == ["kept"]

@@ -7,37 +7,24 @@ connections, must each stop start-up with one line naming the storage URL.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.backends import Backend
-
-
-def toml_value(value: Any) -> str:
-    """A TOML literal for the plain values storage options hold."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float | str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML for {value!r}")
+from tests.e2e.conftest import write_toml
 
 
 def serve(broken: Backend, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    config = tmp_path / "service.toml"
-    options = "\n".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in broken.options.items())
-    config.write_text(
-        f"[storage]\nurl = {json.dumps(broken.url)}\n[storage.options]\n{options}\n"
-        f"[staging]\npath = {json.dumps(str(tmp_path / 'staging'))}\n"
+    config = write_toml(
+        tmp_path / "service.toml",
+        {
+            "storage": {"url": broken.url, "options": broken.options},
+            "staging": {"path": str(tmp_path / "staging")},
+        },
     )
     env = {k: v for k, v in os.environ.items() if k != "UPLOADSVC_CONFIG"}
     return subprocess.run(

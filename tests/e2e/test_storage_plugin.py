@@ -1,10 +1,11 @@
 """A third party's storage backend, installed as a package and chosen in config alone.
 
-The package is built and installed here as a user would (pip, entry point
-group `uploadsvc.storage`), outside the checkout; the service is started by
-its command with a config naming the plugin's protocol, and an upload lands
-in the plugin's store. A second protocol of the same package declares fewer
-abilities than the service needs, and start-up refuses it in one line.
+The package (tests/e2e/conftest.py) is built and installed as a user would
+(pip, entry point group `uploadsvc.storage`), outside the checkout; the
+service is started by its command with a config naming the plugin's
+protocol, and an upload lands in the plugin's store. A second protocol of the
+same package declares fewer abilities than the service needs, and start-up
+refuses it in one line.
 """
 
 from __future__ import annotations
@@ -18,67 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.backends.tools import free_port
-
-_PYPROJECT = """
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "tinystore"
-version = "1.0"
-
-[project.entry-points."uploadsvc.storage"]
-tiny = "tinystore:TinyStorage"
-weak = "tinystore:WeakStorage"
-"""
-
-_MODULE = '''
-"""A backend for tiny://<folder>: a local folder under another name."""
-from uploadsvc.storage import Ability
-from uploadsvc.storage.files import LocalStorage
-
-
-class TinyStorage(LocalStorage):
-    @classmethod
-    def from_url(cls, url, options):
-        return cls.at(url.removeprefix("tiny://"))
-
-
-class WeakStorage(TinyStorage):
-    abilities = frozenset({Ability.atomic_commit, Ability.consistent_listing})
-'''
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """tinystore installed by pip into a folder of its own."""
-    work = tmp_path_factory.mktemp("plugin")
-    package = work / "tinystore"
-    package.mkdir()
-    (package / "pyproject.toml").write_text(_PYPROJECT)
-    (package / "tinystore.py").write_text(_MODULE)
-    target = work / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-build-isolation",
-            "--target",
-            str(target),
-            str(package),
-        ],
-        check=True,
-        timeout=120,
-    )
-    return target
+from tests.e2e.conftest import plugin_env
 
 
 def _config(tmp_path: Path, url: str, port: int) -> Path:
@@ -98,17 +41,15 @@ def _config(tmp_path: Path, url: str, port: int) -> Path:
     return path
 
 
-def _env(site: Path) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), *sys.path])}
-
-
-def test_a_plugin_backend_serves_uploads_from_config_alone(site: Path, tmp_path: Path) -> None:
+def test_a_plugin_backend_serves_uploads_from_config_alone(
+    plugin_site: Path, tmp_path: Path
+) -> None:
     port = free_port()
     store = tmp_path / "tiny-store"
     config = _config(tmp_path, f"tiny://{store}", port)
     proc = subprocess.Popen(
         [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
-        env=_env(site),
+        env=plugin_env(plugin_site),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -137,12 +78,12 @@ def test_a_plugin_backend_serves_uploads_from_config_alone(site: Path, tmp_path:
 
 
 def test_a_plugin_backend_lacking_abilities_is_refused_in_one_line(
-    site: Path, tmp_path: Path
+    plugin_site: Path, tmp_path: Path
 ) -> None:
     config = _config(tmp_path, f"weak://{tmp_path / 'weak'}", free_port())
     result = subprocess.run(
         [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
-        env=_env(site),
+        env=plugin_env(plugin_site),
         capture_output=True,
         text=True,
         timeout=60,

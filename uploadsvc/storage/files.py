@@ -140,6 +140,28 @@ class RenamingStorage(Storage):
 
         return await self._run(ls)
 
+    async def remove_incomplete(
+        self, older_than: float, began: Callable[[str], float | None] = lambda key: None
+    ) -> int:
+        """Part files whose writer died: named `<key>.<random>.part`, aged by their mtime
+        (which a live writer keeps fresh)."""
+
+        def remove() -> int:
+            try:
+                entries = self.fs.ls(self.root, detail=True)
+            except FileNotFoundError:
+                return 0
+            cutoff = time.time() - older_than
+            removed = 0
+            for entry in entries:
+                name = str(entry["name"])
+                if name.endswith(".part") and _mtime(entry) < cutoff:
+                    _rm_quietly(self.fs, name)
+                    removed += 1
+            return removed
+
+        return await self._run(remove)
+
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
     ) -> str:
@@ -385,6 +407,12 @@ def _part_name(final: str) -> str:
 
 def _folder(path: str) -> str:
     return path.rsplit("/", 1)[0] or "/"
+
+
+def _mtime(entry: dict[str, Any]) -> float:
+    """A listing entry's modification time as a timestamp (fsspec backends differ)."""
+    value = entry.get("mtime", entry.get("created", 0))
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def _etag(data: bytes) -> str:

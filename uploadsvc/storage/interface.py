@@ -184,6 +184,23 @@ class Storage(ABC):
                 await writer.write(block)
             return await writer.commit()
 
+    async def remove_incomplete(
+        self, older_than: float, began: Callable[[str], float | None] = lambda key: None
+    ) -> int:
+        """Remove writes that neither committed nor aborted (their writer's process died)
+        and began more than `older_than` seconds ago; return how many.
+
+        `began(key)` is when the caller knows the write of `key` began (epoch
+        seconds; keys made from time-ordered ids carry it); a backend takes the
+        later of that and what its store reports, since some stores report
+        nothing useful (moto dates every multipart upload 2010-11-10).
+        Only incomplete writes: never a committed object. The default removes
+        nothing, for stores that expire such writes themselves (a GCS resumable
+        session after a week); backends whose leftovers would stay forever (part
+        files, S3 multipart uploads) override it.
+        """
+        return 0
+
     def local_path(self, key: str) -> Path | None:
         """Where `key` is on this machine's disk, for backends with `Ability.local_files`."""
         return None

@@ -26,8 +26,9 @@ import asyncio
 import contextlib
 import io
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any, Self, TypeVar
 
 import fsspec
@@ -165,6 +166,30 @@ class S3Storage(Storage):
         finally:
             self.fs.loop.call_soon_threadsafe(body.close)
         return data, str(response["ETag"])
+
+    async def remove_incomplete(
+        self, older_than: float, began: Callable[[str], float | None] = lambda key: None
+    ) -> int:
+        """Abort multipart uploads under the prefix that began over `older_than` s ago."""
+        cutoff = time.time() - older_than
+        removed = 0
+        markers: dict[str, Any] = {}
+        while True:
+            page = await self.call("list_multipart_uploads", Prefix=self.prefix, **markers)
+            for upload in page.get("Uploads", []):
+                key = upload["Key"][len(self.prefix) :]
+                if max(upload["Initiated"].timestamp(), began(key) or 0) < cutoff:
+                    with contextlib.suppress(NotFound):
+                        await self.call(
+                            "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                    removed += 1
+            if not page.get("IsTruncated"):
+                return removed
+            markers = {
+                "KeyMarker": page["NextKeyMarker"],
+                "UploadIdMarker": page["NextUploadIdMarker"],
+            }
 
     async def check(self) -> None:
         try:

@@ -1,0 +1,58 @@
+"""Removing what no record owns, once it is older than `[jobs] grace_seconds`.
+
+A process that dies mid-upload leaves bytes no one will finish: a part file
+or a pending multipart upload (the write never committed), an object whose
+record was never written (killed between the two), a staged copy of an
+upload that is final or was never recorded. Nothing here can be told apart
+from an upload still in progress except by age, so only what is older than
+the grace period goes; the upload ids carry their creation time.
+
+Kept on purpose: the staged bytes of a `failed` upload (until it is deleted)
+and of every upload not yet final.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from .errors import NotFound
+from .models import ID_PATTERN, Status, age_seconds
+from .records import record_key
+from .service import UploadService
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(ID_PATTERN)
+
+
+async def remove_leftovers(service: UploadService, grace: float) -> int:
+    """One pass over storage and staging; returns how much was removed."""
+    removed = await service.storage.remove_incomplete(grace, _began)
+    removed += await service.staging.remove_incomplete(grace, _began)
+    stored = set(await service.storage.list())
+    for key in stored:
+        if _ID.match(key) and record_key(key) not in stored and age_seconds(key) > grace:
+            await service.storage.delete(key)
+            removed += 1
+    for key in await service.staging.list():
+        if _ID.match(key) and await _staged_copy_unneeded(service, key, grace):
+            await service.staging.delete(key)
+            removed += 1
+    if removed:
+        log.info("removed %d leftovers older than %g s", removed, grace)
+    return removed
+
+
+def _began(key: str) -> float | None:
+    """When the upload behind `key` began, from its id; None for other keys."""
+    return time.time() - age_seconds(key) if _ID.match(key) else None
+
+
+async def _staged_copy_unneeded(service: UploadService, upload_id: str, grace: float) -> bool:
+    try:
+        record = await service.records.get(upload_id)
+    except NotFound:
+        return age_seconds(upload_id) > grace  # staged, but never recorded
+    return record.status is Status.completed
