@@ -14,6 +14,11 @@ import uvicorn
 
 from .app import build_app_or_exit
 
+#: On SIGTERM: stop accepting, give requests in flight this long to finish, then
+#: hand this instance's jobs back (see jobs.py). Below the 30 s most process
+#: managers (systemd, Kubernetes) wait before they send SIGKILL.
+SHUTDOWN_GRACE_SECONDS = 25
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="uploadsvc", description="Streaming file upload service")
@@ -35,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         log_level="info",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     return 0
 

@@ -170,9 +170,10 @@ class Instance:
 
     def kill(self, sig: signal.Signals = signal.SIGKILL, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=timeout)
+        return self.proc.wait(timeout=timeout)
+
+    def close(self) -> None:
         self._log.close()
-        return code
 
 
 @pytest.fixture
@@ -183,6 +184,7 @@ def instances() -> Iterator[list[Instance]]:
     for instance in started:
         if instance.proc.poll() is None:
             instance.kill()
+        instance.close()
 
 
 def write_toml(path: Path, config: dict[str, dict[str, Any]]) -> Path:
