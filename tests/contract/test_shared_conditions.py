@@ -96,3 +96,68 @@ def test_two_processes_lose_no_update_and_each_create_has_one_winner(backend: Ba
     assert first.isdisjoint(second) and first | second == set(range(CREATES))
     for i, data in created.items():
         assert data == (b"first" if i in first else b"second")
+
+
+_RECORD_RACER = f"""
+import asyncio, json, sys
+from uploadsvc.records import Records
+from uploadsvc.storage import open_storage
+
+async def main(url, options, upload_id):
+    records = Records(open_storage(url, options))
+    sys.stdin.readline()
+    for _ in range({INCREMENTS}):
+        await records.change(
+            upload_id, lambda r: r.model_copy(update={{"attempts": r.attempts + 1}})
+        )
+    print("done", flush=True)
+
+asyncio.run(main(*json.loads(sys.argv[1])))
+"""
+
+
+def test_two_processes_changing_one_record_lose_no_change(backend: Backend) -> None:
+    """What `uvicorn --workers 4` on one folder does to a record: every change counts."""
+    import asyncio
+
+    from uploadsvc.models import Status, StoredRecord, new_id, now
+    from uploadsvc.records import Records
+
+    storage = backend.storage()
+    if Ability.shared_conditions not in storage.abilities:
+        pytest.skip(f"{backend.name} declares no {Ability.shared_conditions.value}")
+    upload_id = new_id()
+    record = StoredRecord(
+        id=upload_id,
+        filename="f",
+        size=0,
+        content_type="application/octet-stream",
+        sha256="0" * 64,
+        status=Status.storing,
+        created_at=now(),
+        url="/",
+    )
+    asyncio.run(Records(storage).create(record))
+    racers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RECORD_RACER,
+                json.dumps([backend.url, backend.options, upload_id]),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],
+        )
+        for _ in range(2)
+    ]
+    for racer in racers:
+        assert racer.stdin is not None
+        racer.stdin.write("go\n")
+        racer.stdin.flush()
+    for racer in racers:
+        out, _ = racer.communicate(timeout=110)
+        assert racer.returncode == 0 and out.strip() == "done", out
+    assert asyncio.run(Records(storage).get(upload_id)).attempts == 2 * INCREMENTS
