@@ -2,9 +2,12 @@
 
 `Proxy(target)` listens on a free 127.0.0.1 port and forwards every
 connection to `target` ("127.0.0.1:PORT"). `cut()` drops every open
-connection and resets new ones at once (the store is down); `restore()`
-forwards again. It runs on an event loop of its own in a thread, so tests stay
-synchronous, as toxiproxy would, without another program.
+connection and resets new ones at once (the store is down); `limit(n)`
+resets any connection once it has sent more than `n` bytes towards the store
+(small requests pass, large writes fail: a store refusing big uploads);
+`restore()` forwards everything again. It runs on an event loop of its own in
+a thread, so tests stay synchronous, as toxiproxy would, without another
+program.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ class Proxy:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self._down = False
+        self._limit: int | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
@@ -53,7 +57,7 @@ class Proxy:
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            _pump(reader, up_writer), _pump(up_reader, writer), return_exceptions=True
+            self._pump(reader, up_writer, writer), _pump(up_reader, writer), return_exceptions=True
         )
         self._writers -= {writer, up_writer}
 
@@ -67,8 +71,34 @@ class Proxy:
 
         self._loop.call_soon_threadsafe(cut)
 
+    def limit(self, upstream_bytes: int) -> None:
+        """Reset connections that send more than `upstream_bytes` towards the store."""
+        self._loop.call_soon_threadsafe(setattr, self, "_limit", upstream_bytes)
+
     def restore(self) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "_down", False)
+        def restore() -> None:
+            self._down = False
+            self._limit = None
+
+        self._loop.call_soon_threadsafe(restore)
+
+    async def _pump(
+        self, reader: asyncio.StreamReader, up: asyncio.StreamWriter, client: asyncio.StreamWriter
+    ) -> None:
+        """Client -> store, counting bytes against `limit`."""
+        sent = 0
+        try:
+            while data := await reader.read(1 << 16):
+                sent += len(data)
+                if self._limit is not None and sent > self._limit:
+                    _reset(client)
+                    _reset(up)
+                    return
+                up.write(data)
+                await up.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                up.close()
 
     def close(self) -> None:
         self.cut()

@@ -1,19 +1,24 @@
-"""A store that goes away while the service runs: /healthz says so, then recovers.
+"""A store that goes away while the service runs, on every backend on the network.
 
 The store is reached through a proxy (tests/faults.py) that the test cuts,
-on every backend that is on the network.
+or limits so that records (small) get through and the bytes do not: /healthz
+says so and recovers; an outage that outlasts the retries fails the upload
+saying why and keeps its staged bytes; a shorter one ends completed.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.backends import Backend
 from tests.conftest import Live, make_settings
-from tests.faults import proxy_to
+from tests.faults import Proxy, proxy_to
 
 
 def test_healthz_is_503_while_the_store_is_down_and_200_when_it_is_back(
@@ -32,3 +37,59 @@ def test_healthz_is_503_while_the_store_is_down_and_200_when_it_is_back(
         proxy.restore()
         assert live.http.get("/healthz").status_code == 200
         assert live.http.post("/upload-blocking/", files={"file": ("a", b"abc")}).status_code == 201
+
+
+def _through_limited_proxy(
+    backend: Backend, live_factory: Callable[..., Live], tmp_path: Path, **jobs: Any
+) -> tuple[Live, Proxy]:
+    """A live app whose store is reached through a proxy that can refuse large writes."""
+    if backend.endpoint is None:
+        pytest.skip(f"{backend.name} is not on the network: it cannot go down")
+    proxy = Proxy(backend.endpoint)
+    through = backend.via(proxy.address)
+    assert through is not None
+    jobs = {"backoff_seconds": 0.05, **jobs}
+    return live_factory(make_settings(through, tmp_path, jobs, max_upload_bytes=8 << 20)), proxy
+
+
+def test_an_outage_longer_than_the_retries_fails_the_upload_saying_why(
+    backend: Backend, live_factory: Callable[..., Live], tmp_path: Path
+) -> None:
+    """Records still get through (small), the bytes never do: every attempt fails."""
+    live, proxy = _through_limited_proxy(backend, live_factory, tmp_path, attempts=3)
+    try:
+        proxy.limit(256 << 10)
+        payload = os.urandom(2 << 20)
+        answer = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)})
+        assert answer.status_code == 202
+        record = wait_for_status(live, answer.json()["id"], timeout=90)
+        assert record["status"] == "failed" and record["attempts"] == 3
+        assert record["error"].startswith("storing failed after 3 attempts: "), record["error"]
+        assert (live.staging / record["id"]).read_bytes() == payload  # kept until deleted
+        proxy.restore()
+        assert live.http.delete(f"/uploads/{record['id']}").status_code == 204
+        assert not any(live.staging.iterdir())
+        wait_until(lambda: backend.leftovers() == [])
+    finally:
+        proxy.close()
+
+
+def test_an_outage_shorter_than_the_retries_ends_completed(
+    backend: Backend, live_factory: Callable[..., Live], tmp_path: Path
+) -> None:
+    live, proxy = _through_limited_proxy(
+        backend, live_factory, tmp_path, attempts=10, backoff_seconds=0.5
+    )
+    try:
+        proxy.limit(256 << 10)
+        payload = os.urandom(2 << 20)
+        upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", payload)}).json()[
+            "id"
+        ]
+        wait_until(lambda: live.http.get(f"/uploads/{upload_id}").json()["attempts"] >= 1, 60)
+        proxy.restore()
+        record = wait_for_status(live, upload_id, timeout=90)
+        assert record["status"] == "completed" and record["attempts"] >= 1
+        assert stored_bytes(backend, upload_id) == payload
+    finally:
+        proxy.close()
