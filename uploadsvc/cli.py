@@ -1,4 +1,4 @@
-"""`uploadsvc serve [--config PATH] [--host H] [--port P]`.
+"""`uploadsvc serve [--config PATH] [--host H] [--port P]` and `uploadsvc worker [--config PATH]`.
 
 A user's mistake (bad configuration, unreachable storage, missing bucket) is
 one line on stderr and exit status 1, never a traceback.
@@ -29,8 +29,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="listen address (default: [server] host)")
     serve.add_argument("--port", type=int, help="listen port (default: [server] port)")
+    worker = commands.add_parser("worker", help="run background jobs from the [queue] (no HTTP)")
+    worker.add_argument(
+        "--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)"
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "worker":
+        from .worker import main as work
+
+        work(args.config)
+        return 0
     app = build_app_or_exit(args.config)
     server = app.state.settings.server
     uvicorn.run(

@@ -72,6 +72,12 @@ class JobsSettings(_Section):
     grace_seconds: float = Field(default=3600.0, ge=0)
 
 
+class QueueSettings(_Section):
+    """Empty: jobs run inside the service; `redis://...`: on Redis, run by `uploadsvc worker`."""
+
+    url: str = ""
+
+
 class LimitsSettings(_Section):
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
 
@@ -87,6 +93,7 @@ class Settings(_Section):
     staging: StagingSettings = Field(default_factory=StagingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     jobs: JobsSettings = Field(default_factory=JobsSettings)
+    queue: QueueSettings = Field(default_factory=QueueSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 

@@ -42,6 +42,7 @@ from .config import JobsSettings
 from .errors import Conflict, NotFound, ServiceError, StorageUnavailable
 from .leftovers import remove_leftovers
 from .models import Job, Status, StoredRecord, age_seconds, now
+from .queues import JobQueue, LocalQueue
 from .service import UploadService
 
 log = logging.getLogger(__name__)
@@ -70,36 +71,35 @@ class _Stop(Exception):
 class Jobs:
     """Claims, runs, retries and sweeps the jobs of one instance."""
 
-    def __init__(self, service: UploadService, settings: JobsSettings) -> None:
+    def __init__(
+        self, service: UploadService, settings: JobsSettings, queue: JobQueue | None = None
+    ) -> None:
         self.service = service
         self.records = service.records
         self.settings = settings
         self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
         self.lease = timedelta(seconds=settings.lease_seconds)
         self.sweep_interval = max(0.1, min(settings.lease_seconds / 2, 15.0))
-        self._running: dict[str, asyncio.Task[Any]] = {}
-        self._again: set[str] = set()  # submitted while running here: run once more
+        #: Where jobs wait: tasks of this process unless a Redis queue is configured.
+        self.queue = queue or LocalQueue(self.run)
+        self._running: dict[str, asyncio.Task[Any]] = {}  # jobs being worked on here
         self._stopping: dict[str, str] = {}  # upload id -> why its task was cancelled
         self._slots = asyncio.Semaphore(CONCURRENT_JOBS)
         self._sweeper: asyncio.Task[None] | None = None
-        self._open = False  # between start and stop: new work may begin
-        self._timers: set[asyncio.TimerHandle] = set()
 
     # Lifecycle.
 
     async def start(self) -> None:
         """Sweep now (resume what a previous run left) and every `sweep_interval`."""
-        self._open = True
+        await self.queue.open()
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
         """Stop sweeping; cancel local jobs, releasing their leases for another instance."""
-        self._open = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        for timer in self._timers:
-            timer.cancel()
+        await self.queue.close()
         tasks = list(self._running.items())
         for upload_id, task in tasks:
             self._stopping[upload_id] = "shutdown"
@@ -109,25 +109,8 @@ class Jobs:
     # Entry points.
 
     async def nudge(self, upload_id: str) -> None:
-        """`submit`, as a request's background task: the request hands over the id only."""
-        self.submit(upload_id)
-
-    def submit(self, upload_id: str) -> None:
-        """Run the job of `upload_id` here; if it runs here already, once more after it."""
-        if not self._open:
-            return  # shutting down: the sweep of this or another instance takes it
-        if upload_id in self._running:
-            self._again.add(upload_id)
-            return
-        task = asyncio.create_task(self._run(upload_id))
-        self._running[upload_id] = task
-        task.add_done_callback(lambda _: self._finished(upload_id))
-
-    def _finished(self, upload_id: str) -> None:
-        self._running.pop(upload_id, None)
-        if upload_id in self._again and self._open:
-            self._again.discard(upload_id)
-            self.submit(upload_id)
+        """Queue the job of a new upload: a request's background task hands over the id only."""
+        await self.queue.push(upload_id)
 
     async def run_held(self, record: StoredRecord) -> StoredRecord:
         """Finish an upload whose record this instance created already holding
@@ -176,19 +159,29 @@ class Jobs:
             if record.status.final:
                 await self.records.forget_active(upload_id)
             elif claimable(record, moment):
-                self.submit(upload_id)
+                await self.queue.push(upload_id)
 
     # The work.
 
+    async def run(self, upload_id: str) -> None:
+        """The job: claim, advance, release; never raises (the record says what happened)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[upload_id] = task
+        try:
+            await self._run(upload_id)
+        finally:
+            if self._running.get(upload_id) is task:
+                del self._running[upload_id]
+
     async def _run(self, upload_id: str) -> None:
-        """Claim, advance, release; never raises (the record says what happened)."""
         async with self._slots:
             try:
                 record = await self.records.change(upload_id, self._claim)
             except (NotFound, Conflict, LeaseLost):
                 return  # deleted, final, or someone else's
             except _NotYet as wait:
-                self._retry_later(upload_id, wait.seconds)
+                await self.queue.push(upload_id, wait.seconds)
                 return
             except ServiceError as e:
                 log.warning("upload %s: cannot claim its job now: %s", upload_id, e.detail)
@@ -280,18 +273,8 @@ class Jobs:
             log.warning("upload %s: cannot record the failure: %s", record.id, e)
             return record  # the lease runs out and the sweep takes over
         if not last:
-            self._retry_later(record.id, delay)
+            await self.queue.push(record.id, delay)
         return record
-
-    def _retry_later(self, upload_id: str, delay: float) -> None:
-        """Try again here after `delay` (the sweep of any instance would, too)."""
-
-        def fire() -> None:
-            self._timers.discard(timer)
-            self.submit(upload_id)
-
-        timer = asyncio.get_running_loop().call_later(delay, fire)
-        self._timers.add(timer)
 
     async def _release(self, upload_id: str) -> None:
         """Give the job back (shutdown): another instance may take it at once."""

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends.tools import free_port
+from tests.backends.tools import apt_program, free_port, running
 
 _PYPROJECT = """
 [build-system]
@@ -141,13 +141,24 @@ def plugin_env(site: Path) -> dict[str, str]:
 
 
 class Instance:
-    """`python -m uploadsvc serve` as a real process on a free port."""
+    """`python -m uploadsvc serve` as a real process on a free port (or, with
+    `worker=True`, `uploadsvc worker`, which has no port)."""
 
-    def __init__(self, config: Path, env: dict[str, str], log: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str], log: Path, worker: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = log.open("ab")
-        command = ["-m", "uploadsvc", "serve", "--config", str(config), "--port", str(self.port)]
+        command = ["-m", "uploadsvc", "worker", "--config", str(config)]
+        if not worker:
+            command = [
+                "-m",
+                "uploadsvc",
+                "serve",
+                "--config",
+                str(config),
+                "--port",
+                str(self.port),
+            ]
         self.proc = subprocess.Popen(
             [sys.executable, *command],
             env=env,
@@ -168,12 +179,30 @@ class Instance:
             assert time.monotonic() < deadline, "the service did not start"
             time.sleep(0.05)
 
+    def wait_logged(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log.read_text():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, f"{text!r} not logged: {self.log.read_text()}"
+            time.sleep(0.05)
+
     def kill(self, sig: signal.Signals = signal.SIGKILL, timeout: float = 30) -> int:
         self.proc.send_signal(sig)
         return self.proc.wait(timeout=timeout)
 
     def close(self) -> None:
         self._log.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server (Debian's, installed when missing) on a free port."""
+    server = apt_program("redis-server", "redis-server")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    args = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(folder)]
+    with running(args, port, log=folder / "redis.log"):
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 @pytest.fixture

@@ -1,0 +1,86 @@
+"""Settings -> the parts that do the work, for the HTTP app and for `uploadsvc worker`.
+
+Both build the same service and jobs from the same configuration; they
+differ only in what drives them (HTTP requests, or a queue). A user's mistake
+found here or in the start-up check (bad key, unreachable storage or queue,
+staging that workers could not reach) becomes one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from .config import ConfigError, Settings
+from .errors import StorageUnavailable
+from .jobs import Jobs
+from .pipeline import Pipeline, load_pipeline
+from .queues import JobQueue
+from .service import UploadService
+from .storage import Ability, Storage, check_in_time, open_storage
+from .storage.locations import check_apart
+
+STARTUP_CHECK_TIMEOUT = 15.0
+
+T = TypeVar("T")
+
+
+def build_jobs(
+    settings: Settings, *, storage: Storage | None = None, pipeline: Pipeline | None = None
+) -> Jobs:
+    """The service and its jobs; `storage` and `pipeline` replace the configured ones (tests)."""
+    check_apart(settings.storage.url, settings.staging.url)
+    service = UploadService(
+        storage=storage or open_storage(settings.storage.url, settings.storage.options),
+        staging=open_storage(settings.staging.url, settings.staging_options()),
+        pipeline=pipeline if pipeline is not None else load_pipeline(settings),
+        max_upload_bytes=settings.limits.max_upload_bytes,
+    )
+    return Jobs(service, settings.jobs, build_queue(settings, service.staging))
+
+
+def build_queue(settings: Settings, staging: Storage) -> JobQueue | None:
+    """None (jobs in this process) or the Redis queue, which needs staging all workers reach."""
+    if not settings.queue.url:
+        return None
+    if Ability.local_files in staging.abilities:
+        raise ConfigError(
+            f"staging.url: {settings.staging.url} is a local folder, which workers on other "
+            f"machines cannot read; with queue.url set, stage into shared storage "
+            "(a bucket prefix such as s3://bucket/staging)"
+        )
+    try:
+        from .redis_queue import RedisQueue
+    except ImportError as e:
+        raise ConfigError(
+            f"queue.url: {settings.queue.url} needs the package {e.name!r}: "
+            "pip install 'uploadsvc[redis]'"
+        ) from None
+    return RedisQueue(settings.queue.url, heartbeat_seconds=settings.jobs.lease_seconds)
+
+
+def check_reachable(jobs: Jobs) -> None:
+    """Fail fast (before serving or working) when storage, staging or queue do not answer."""
+    service = jobs.service
+
+    async def all_of_them() -> None:
+        await check_in_time(service.storage, STARTUP_CHECK_TIMEOUT)
+        await check_in_time(service.staging, STARTUP_CHECK_TIMEOUT)
+        await jobs.queue.check(STARTUP_CHECK_TIMEOUT)
+
+    asyncio.run(all_of_them())
+
+
+def or_exit(build: Callable[[], T]) -> T:
+    """`build()`, or one line on stderr and exit status 1 for the user's mistakes.
+
+    Configuration, storage and queue problems are the user's to fix: they get
+    one line naming the key or URL and the reason, never a traceback.
+    """
+    try:
+        return build()
+    except (ConfigError, StorageUnavailable) as e:
+        print(f"uploadsvc: {' '.join(str(e).split())}", file=sys.stderr)
+        raise SystemExit(1) from None
