@@ -14,6 +14,7 @@ report; and it finalises a session on a status query (GCS does not).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import urllib.request
 import uuid
@@ -36,11 +37,11 @@ BINARY = next(
 
 #: Chunks of resumable sessions in the shared suites: small, so that their
 #: sizes (up to 16 MiB) and cancellation points go through sessions too, not
-#: only through one multipart upload. test_gcs.py covers the default size.
+#: only through one multipart upload. tests/contract/test_gcs.py covers the default size.
 CHUNK = 4 << 20
 
-#: Give up after the first failed attempt: tests of a dead or cut endpoint
-#: need no backoff (the defaults are tested on their own in test_gcs.py).
+#: Give up after the first failed attempt: tests of a dead endpoint need no
+#: backoff (the defaults are timed on their own in tests/contract/test_gcs.py).
 FAST_FAIL = {"retries": 1}
 
 
@@ -70,29 +71,29 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     return json.loads(raw) if raw else None
 
 
+def _names(server: str, bucket: str) -> list[str]:
+    """Every object in `bucket`, whatever its name."""
+    names: list[str] = []
+    token = ""
+    while True:
+        page = _call("GET", f"{server}/storage/v1/b/{bucket}/o?pageToken={quote(token)}")
+        names += [item["name"] for item in page.get("items", [])]
+        token = page.get("nextPageToken", "")
+        if not token:
+            return names
+
+
 @dataclass
 class GCSBackend(Backend):
     bucket: str = ""
     prefix: str = "uploads/"
+    #: The emulator itself (the options' endpoint may be a proxy, or dead).
+    server: str = ""
     # The chunk uploading and the one filling, plus the slice in the socket.
     writer_memory: int | None = 2 * CHUNK + SEND_SLICE
 
-    @property
-    def server(self) -> str:
-        return str(self.options["endpoint_url"])
-
     def contents(self) -> list[str]:
-        names: list[str] = []
-        token = ""
-        while True:
-            page = _call(
-                "GET",
-                f"{self.server}/storage/v1/b/{self.bucket}/o?pageToken={quote(token)}",
-            )
-            names += [item["name"] for item in page.get("items", [])]
-            token = page.get("nextPageToken", "")
-            if not token:
-                return sorted(name.removeprefix(self.prefix) for name in names)
+        return sorted(name.removeprefix(self.prefix) for name in _names(self.server, self.bucket))
 
     def unreachable(self) -> Backend:
         return self.with_options(endpoint_url="http://127.0.0.1:9", **FAST_FAIL)
@@ -114,4 +115,11 @@ def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
         {"endpoint_url": endpoint, "token": "anon", "project": "test", "block_size": CHUNK},
         endpoint=endpoint.removeprefix("http://"),
         bucket=bucket,
+        server=endpoint,
     )
+    # The emulator would keep every object in memory for the whole session;
+    # best effort (work a test left running may still be writing).
+    with contextlib.suppress(OSError):
+        for name in _names(endpoint, bucket):
+            _call("DELETE", f"{endpoint}/storage/v1/b/{bucket}/o/{quote(name, safe='')}")
+        _call("DELETE", f"{endpoint}/storage/v1/b/{bucket}")

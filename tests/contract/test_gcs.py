@@ -24,7 +24,7 @@ import tracemalloc
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GCSBacke
 def defaults(backend: GCSBackend) -> GCSBackend:
     """The same bucket with the default chunk size."""
     options = {k: v for k, v in backend.options.items() if k != "block_size"}
-    return GCSBackend(**{**backend.__dict__, "options": options})
+    return replace(backend, options=options)
 
 
 @dataclass
