@@ -3,9 +3,11 @@
 The requests gcs.py needs, and only those: object metadata, media reads,
 deletes, listings, multipart uploads and the three calls of a resumable
 upload session (start, send bytes, cancel). gcsfs supplies the aiohttp
-session, the credentials, the endpoint and the requester-pays parameter; its
-own calls are not used, because each retries every failure 6 times with
-backoff (about 30 s against a dead endpoint) and cannot be told otherwise.
+session, the credentials, the endpoint and the requester-pays parameter
+(through its internals `_set_session`, `_get_headers`, `_get_params` and
+`_location`, as of gcsfs 2026.10); its own calls are not used, because each
+retries every failure 6 times with backoff (about 30 s against a dead
+endpoint) and cannot be told otherwise.
 
 Here a call makes at most `retries` attempts, pausing `BACKOFF` s and
 doubling, with jitter. A request that may have reached the store is repeated
