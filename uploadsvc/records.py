@@ -17,6 +17,7 @@ and removed after the record became final: a marker may outlive its reason
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import Callable
 from typing import Any
@@ -28,7 +29,8 @@ from .storage import Storage
 _SUFFIX = ".json"
 _ACTIVE = ".active"
 _ID = re.compile(ID_PATTERN)
-_CAS_ATTEMPTS = 8
+_CAS_ATTEMPTS = 12
+_CAS_PAUSE = 0.005  # seconds; doubles with each lost race, up to a quarter second
 
 
 def record_key(upload_id: str) -> str:
@@ -64,7 +66,11 @@ class Records:
         times, once per lost race. A status move that `Status.can_become`
         does not allow raises `Conflict`. `NotFound` if the record is gone.
         """
-        for _ in range(_CAS_ATTEMPTS):
+        for attempt in range(_CAS_ATTEMPTS):
+            if attempt:
+                # Lost a race: wait a little, at random, or two writers in step
+                # (a renewal against a step, two instances) keep colliding.
+                await asyncio.sleep(random.uniform(0, min(_CAS_PAUSE * 2**attempt, 0.25)))
             record, etag = await self._get(upload_id)
             updated = edit(record)
             if not record.status.can_become(updated.status):

@@ -65,25 +65,8 @@ def test_two_processes_lose_no_update_and_each_create_has_one_winner(backend: Ba
         await storage.put_small("counter.json", b"0", if_none_match=True)
 
     asyncio.run(seed())
-    racers = [
-        subprocess.Popen(
-            [sys.executable, "-c", _RACER, json.dumps([backend.url, backend.options, me])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=Path(__file__).resolve().parents[2],
-        )
-        for me in ("first", "second")
-    ]
-    for racer in racers:
-        assert racer.stdin is not None
-        racer.stdin.write("go\n")
-        racer.stdin.flush()
-    outcomes = []
-    for racer in racers:
-        out, _ = racer.communicate(timeout=110)
-        assert racer.returncode == 0, out
-        outcomes.append(json.loads(out.strip().splitlines()[-1]))
+    outputs = _race(_RACER, [[backend.url, backend.options, me] for me in ("first", "second")])
+    outcomes = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
 
     async def final() -> tuple[bytes, dict[int, bytes]]:
         counter, _ = await storage.get_small("counter.json")
@@ -138,26 +121,39 @@ def test_two_processes_changing_one_record_lose_no_change(backend: Backend) -> N
         url="/",
     )
     asyncio.run(Records(storage).create(record))
+    arguments = [backend.url, backend.options, upload_id]
+    assert [out.strip() for out in _race(_RECORD_RACER, [arguments] * 2)] == ["done"] * 2
+    assert asyncio.run(Records(storage).get(upload_id)).attempts == 2 * INCREMENTS
+
+
+def _race(script: str, arguments: list[list[object]]) -> list[str]:
+    """Run `script` once per argument list, all released at once; their outputs.
+
+    A racer that fails or hangs fails the test, and no racer outlives it.
+    """
     racers = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _RECORD_RACER,
-                json.dumps([backend.url, backend.options, upload_id]),
-            ],
+            [sys.executable, "-c", script, json.dumps(args)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
             cwd=Path(__file__).resolve().parents[2],
         )
-        for _ in range(2)
+        for args in arguments
     ]
-    for racer in racers:
-        assert racer.stdin is not None
-        racer.stdin.write("go\n")
-        racer.stdin.flush()
-    for racer in racers:
-        out, _ = racer.communicate(timeout=110)
-        assert racer.returncode == 0 and out.strip() == "done", out
-    assert asyncio.run(Records(storage).get(upload_id)).attempts == 2 * INCREMENTS
+    try:
+        for racer in racers:
+            assert racer.stdin is not None
+            racer.stdin.write("go\n")
+            racer.stdin.flush()
+        outputs = []
+        for racer in racers:
+            out, _ = racer.communicate(timeout=110)
+            assert racer.returncode == 0, out
+            outputs.append(out)
+        return outputs
+    finally:
+        for racer in racers:
+            if racer.poll() is None:
+                racer.kill()
+            racer.communicate()

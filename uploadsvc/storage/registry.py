@@ -45,6 +45,7 @@ _BUILTIN: dict[str, _Builtin] = {
     "s3a": _Builtin("s3:S3Storage"),
     "az": _Builtin("azure:AzureStorage", "adlfs", "azure"),
     "abfs": _Builtin("azure:AzureStorage", "adlfs", "azure"),
+    "abfss": _Builtin("azure:AzureStorage", "adlfs", "azure"),
     "gs": _Builtin("gcs:GCSStorage", "gcsfs", "gcs"),
     "gcs": _Builtin("gcs:GCSStorage", "gcsfs", "gcs"),
     "sftp": _Builtin("sftp:SFTPStorage", "sshfs", "sftp"),
