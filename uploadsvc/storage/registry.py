@@ -93,6 +93,9 @@ def open_storage(
 def _import_builtin(url: str, builtin: _Builtin) -> type[Storage]:
     module_name, _, name = builtin.target.partition(":")
     try:
+        if builtin.package is not None:
+            # First, and by name: fsspec would only say so later, in its own words.
+            importlib.import_module(builtin.package)
         module = importlib.import_module(f"{__package__}.{module_name}")
     except ImportError as e:
         if builtin.package is None:
