@@ -9,9 +9,10 @@ Three figures, each row against a fresh fake-gcs-server (memory backend) on
   50 MiB chunks, one after the other);
 * `writer`: the same file read in 1 MiB blocks into `GCSStorage.create(...)`,
   then `commit()` (the path every upload takes);
-* `server`: a fresh `uploadsvc serve` on that bucket, one blocking upload of
-  the file by curl, and the server's peak RSS (`VmHWM`), for the size asked
-  and for a quarter of it (flat memory means the two are close).
+* `server`: a fresh `uploadsvc serve` on that bucket, one upload of the file
+  by curl (blocking, and non-blocking until its record says completed), and
+  the server's peak RSS (`VmHWM`), for the size asked and for a quarter of it
+  (flat memory means the two are close).
 
 Before each timed row, scratch data of twice the file size is written and
 deleted (see FACTS.md: this VM hands idle memory back to its host, and the
@@ -93,8 +94,9 @@ def time_writer(options: dict[str, Any], source: Path) -> float:
     return asyncio.run(upload())
 
 
-def server_peak_rss(options: dict[str, Any], source: Path, folder: Path) -> int:
-    """Peak RSS in bytes of a fresh `uploadsvc serve` through one upload of `source`."""
+def server_peak_rss(options: dict[str, Any], source: Path, folder: Path, path: str) -> int:
+    """Peak RSS in bytes of a fresh `uploadsvc serve` through one upload of `source` to
+    `path`, until the upload is completed (in the background, for the non-blocking path)."""
     port = free_port()
     config = folder / "server.toml"
     toml_options = "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.items())
@@ -106,10 +108,15 @@ def server_peak_rss(options: dict[str, Any], source: Path, folder: Path) -> int:
     args = [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)]
     args += ["--port", str(port)]
     with running(args, port, log=folder / "server.log") as proc:
-        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}"]
-        url = f"http://127.0.0.1:{port}/upload-blocking/"
-        status = subprocess.run([*curl, "-F", f"file=@{source}", url], capture_output=True)
-        assert status.stdout == b"201", status.stdout + status.stderr
+        base = f"http://127.0.0.1:{port}"
+        curl = ["curl", "-sS", "-F", f"file=@{source}", f"{base}{path}"]
+        answer = json.loads(subprocess.run(curl, capture_output=True, check=True).stdout)
+        deadline = time.monotonic() + 300
+        while answer.get("status") != "completed":
+            assert answer.get("status") != "failed" and time.monotonic() < deadline, answer
+            time.sleep(0.2)
+            with urllib.request.urlopen(f"{base}/uploads/{answer['id']}", timeout=30) as r:
+                answer = json.loads(r.read())
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
@@ -140,9 +147,11 @@ def main() -> None:
                 with fake_gcs(folder, "bench") as endpoint:
                     rows[name].append(timed({**base, "endpoint_url": endpoint}, source))
         rss = {}
-        for mib, src in sources.items():
-            with fake_gcs(folder, "bench") as endpoint:
-                rss[mib] = server_peak_rss({**base, "endpoint_url": endpoint}, src, folder)
+        for path in ("/upload-blocking/", "/upload-nonblocking/"):
+            for mib, src in sources.items():
+                with fake_gcs(folder, "bench") as endpoint:
+                    options = {**base, "endpoint_url": endpoint}
+                    rss[path, mib] = server_peak_rss(options, src, folder, path)
     speeds = {name: args.size_mib / statistics.median(times) for name, times in rows.items()}
     chunk = f"{args.chunk_mib} MiB chunks" if args.chunk_mib else "default chunks"
     print(f"{args.size_mib} MiB, {chunk}, median of {args.rounds} rounds on fake-gcs-server:")
@@ -154,8 +163,8 @@ def main() -> None:
     ratios = [p / w for p, w in zip(rows["put_file"], rows["writer"], strict=True)]
     each = ", ".join(f"{r:.2f}" for r in ratios)
     print(f"  writer / put_file: {statistics.median(ratios):.2f} (rounds: {each})")
-    for mib, peak in rss.items():
-        print(f"  server peak RSS, one {mib} MiB upload: {peak / MIB:.0f} MiB")
+    for (path, mib), peak in rss.items():
+        print(f"  server peak RSS, one {mib} MiB upload to {path}: {peak / MIB:.0f} MiB")
 
 
 if __name__ == "__main__":
