@@ -3,9 +3,11 @@
 A process that dies mid-upload leaves bytes no one will finish: a part file
 or a pending multipart upload (the write never committed), an object whose
 record was never written (killed between the two), a staged copy of an
-upload that is final or was never recorded. Nothing here can be told apart
-from an upload still in progress except by age, so only what is older than
-the grace period goes; the upload ids carry their creation time.
+upload that is final or was never recorded, markers (`records.py`) whose
+record never came. Nothing here can be told apart from an upload still in
+progress except by age, so only what is older than the grace period goes;
+the upload ids carry their creation time. Records written before the
+listing index existed get their index entry here.
 
 Kept on purpose: the staged bytes of a `failed` upload (until it is deleted)
 and of every upload not yet final.
@@ -19,7 +21,7 @@ import time
 
 from .errors import NotFound
 from .models import ID_PATTERN, Status, age_seconds
-from .records import record_key
+from .records import ACTIVE, INDEX, index_key, indexed_id
 from .service import UploadService
 
 log = logging.getLogger(__name__)
@@ -29,12 +31,19 @@ _ID = re.compile(ID_PATTERN)
 
 async def remove_leftovers(service: UploadService, grace: float) -> int:
     """One pass over storage and staging; returns how much was removed."""
-    removed = await service.storage.remove_incomplete(grace, _began)
+    storage = service.storage
+    removed = await storage.remove_incomplete(grace, _began)
     removed += await service.staging.remove_incomplete(grace, _began)
-    stored = set(await service.storage.list())
-    for key in stored:
-        if _ID.match(key) and record_key(key) not in stored and age_seconds(key) > grace:
-            await service.storage.delete(key)
+    keys = await storage.list()
+    recorded = {k.removesuffix(".json") for k in keys if k.endswith(".json")}
+    indexed = {indexed_id(k) for k in keys if k.startswith(INDEX)}
+    for upload_id in recorded - indexed:
+        if _ID.match(upload_id):
+            await storage.put_small(index_key(upload_id), b"")  # a record from before the index
+    for key in keys:
+        owner = _owner(key)
+        if owner and owner not in recorded and age_seconds(owner) > grace:
+            await storage.delete(key)
             removed += 1
     for key in await service.staging.list():
         if _ID.match(key) and await _staged_copy_unneeded(service, key, grace):
@@ -43,6 +52,14 @@ async def remove_leftovers(service: UploadService, grace: float) -> int:
     if removed:
         log.info("removed %d leftovers older than %g s", removed, grace)
     return removed
+
+
+def _owner(key: str) -> str | None:
+    """The upload a byte object or marker belongs to (records themselves excluded)."""
+    if key.startswith(INDEX):
+        key = indexed_id(key)
+    key = key.removeprefix(ACTIVE)
+    return key if _ID.match(key) else None
 
 
 def _began(key: str) -> float | None:

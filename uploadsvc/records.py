@@ -7,11 +7,19 @@ change is a compare-and-swap on the record's etag (`change`), so two
 instances cannot both advance the same upload: each change is computed from
 the record as it is, and a writer that raced re-reads and decides again.
 
-While an upload is not final, a marker `<id>.active` sits beside its record,
-so the sweep that resumes abandoned work reads only the records that may
-need it, not every record ever made. The marker is written before the record
-and removed after the record became final: a marker may outlive its reason
-(the sweep removes it), but an unfinished upload never lacks one.
+Two kinds of empty marker objects make the two questions asked of all
+records cheap, each answered by one listing of a prefix:
+
+- `index.<inverted id>`, one per record: ids sort by creation time, and
+  each hex digit inverted (0 <-> f) makes ascending listings (the only
+  kind stores offer) newest first, so a page of N records costs one listing
+  of N names and N reads, however many records there are;
+- `active.<id>`, while an upload is not final: the sweep that resumes
+  abandoned work reads only the records that may need it.
+
+Markers are written before their record and removed after it (after it
+became final, for `active.`): a marker may outlive its reason, and is then
+skipped and removed by the leftovers sweep, but a record never lacks one.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from .models import ID_PATTERN, Status, StoredRecord
 from .storage import Storage
 
 _SUFFIX = ".json"
-_ACTIVE = ".active"
+INDEX = "index."
+ACTIVE = "active."
 _ID = re.compile(ID_PATTERN)
 _CAS_ATTEMPTS = 12
 _CAS_PAUSE = 0.005  # seconds; doubles with each lost race, up to a quarter second
@@ -38,7 +47,23 @@ def record_key(upload_id: str) -> str:
 
 
 def active_key(upload_id: str) -> str:
-    return f"{upload_id}{_ACTIVE}"
+    return f"{ACTIVE}{upload_id}"
+
+
+def index_key(upload_id: str) -> str:
+    return f"{INDEX}{_invert(upload_id)}"
+
+
+def indexed_id(key: str) -> str:
+    """The upload id of an `index.` key."""
+    return _invert(key[len(INDEX) :])
+
+
+def _invert(hex_digits: str) -> str:
+    return hex_digits.translate(_INVERTED)
+
+
+_INVERTED = str.maketrans("0123456789abcdef", "fedcba9876543210")
 
 
 Edit = Callable[[StoredRecord], StoredRecord]
@@ -51,6 +76,7 @@ class Records:
         self.storage = storage
 
     async def create(self, record: StoredRecord) -> None:
+        await self.storage.put_small(index_key(record.id), b"")
         if not record.status.final:
             await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)
@@ -96,26 +122,31 @@ class Records:
 
     async def active(self) -> list[str]:
         """Ids of uploads that were not final when last written (see the module docstring)."""
-        keys = await self.storage.list(_ACTIVE)
-        return [k[: -len(_ACTIVE)] for k in keys if _ID.match(k[: -len(_ACTIVE)])]
+        keys = await self.storage.list(ACTIVE)
+        return [k[len(ACTIVE) :] for k in keys if _ID.match(k[len(ACTIVE) :])]
 
     async def forget_active(self, upload_id: str) -> None:
         """Remove a marker that outlived its reason (final or missing record)."""
         await self.storage.delete(active_key(upload_id))
 
     async def page(self, limit: int, cursor: str | None) -> tuple[list[StoredRecord], str | None]:
-        """Records newest first, `limit` at a time, after `cursor` (the last id seen)."""
-        ids = sorted((k[: -len(_SUFFIX)] for k in await self.storage.list(_SUFFIX)), reverse=True)
-        ids = [i for i in ids if _ID.match(i) and (cursor is None or i < cursor)]
-        chosen = ids[:limit]
-        found = await asyncio.gather(*(self._get_or_none(i) for i in chosen))
+        """Records newest first, `limit` at a time, after `cursor` (the last id seen).
+
+        One listing of at most `limit + 1` index names, then the records in
+        parallel; an index entry whose record is gone (deleted meanwhile) is
+        skipped, so a page may hold fewer than `limit`.
+        """
+        after = index_key(cursor) if cursor else ""
+        keys = await self.storage.list(INDEX, start_after=after, limit=limit + 1)
+        ids = [indexed_id(k) for k in keys[:limit]]
+        found = await asyncio.gather(*(self._get_or_none(i) for i in ids))
         items = [r for r in found if r is not None]
-        next_cursor = chosen[-1] if len(ids) > limit else None
-        return items, next_cursor
+        return items, (ids[-1] if len(keys) > limit else None)
 
     async def delete(self, upload_id: str) -> None:
         await self.storage.delete(record_key(upload_id))
         await self.storage.delete(active_key(upload_id))
+        await self.storage.delete(index_key(upload_id))
 
     async def _get(self, upload_id: str) -> tuple[StoredRecord, str]:
         if not _ID.match(upload_id):

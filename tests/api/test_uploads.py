@@ -16,6 +16,7 @@ from tests.api.helpers import stored_bytes, wait_for_status
 from tests.conftest import Backend, Live, make_settings
 from tests.rawhttp import MULTIPART_TYPE, multipart, multipart_stream
 from uploadsvc.models import ID_PATTERN
+from uploadsvc.records import index_key
 
 SIZE = 5 * 1024 * 1024 + 123  # several MiB, not a multiple of any block size
 
@@ -75,7 +76,9 @@ def test_hostile_file_name_is_reduced_and_never_used_as_key(live: Live) -> None:
     assert response.status_code == 201
     record = response.json()
     assert record["filename"] == "passwd"
-    assert live.backend.contents() == [record["id"], f"{record['id']}.json"]
+    # The bytes, the record, and the record's entry in the listing index.
+    upload_id = record["id"]
+    assert live.backend.contents() == sorted([upload_id, f"{upload_id}.json", index_key(upload_id)])
 
 
 def test_ids_are_opaque_and_unique(live: Live) -> None:

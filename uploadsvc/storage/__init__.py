@@ -5,6 +5,7 @@
     s3.py      S3 and S3-compatible stores    multipart upload + conditional PUT
     azure.py   Azure Blob Storage             staged blocks + committed block list
     gcs.py     Google Cloud Storage           resumable session + generation preconditions
+               (gcsapi.py: the small JSON API client it drives)
     sftp.py    a folder on an SSH server      part file + posix-rename + lock file
 """
 

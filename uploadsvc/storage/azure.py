@@ -212,18 +212,26 @@ class AzureStorage(Storage):
         with contextlib.suppress(NotFound):
             await self.call(key, lambda blob: blob.delete_blob(**self.call_options))
 
-    async def list(self, suffix: str = "") -> list[str]:
+    async def list(
+        self, prefix: str = "", *, start_after: str = "", limit: int | None = None
+    ) -> list[str]:
+        """Blob listings have no "start after": names up to `start_after` are read and
+        skipped, 5000 a request, which keeps a page cheap until a prefix holds millions."""
+
         async def names() -> list[str]:
             # With a delimiter, blobs below a further "/" come back as one
             # prefix each: nothing of ours lives there (keys have no "/").
             listing = self.container.walk_blobs(
-                name_starts_with=self.prefix, delimiter="/", **self.call_options
+                name_starts_with=f"{self.prefix}{prefix}", delimiter="/", **self.call_options
             )
-            return [
-                item.name[len(self.prefix) :]
-                async for item in listing
-                if isinstance(item, BlobProperties) and item.name.endswith(suffix)
-            ]
+            keys: list[str] = []
+            async for item in listing:
+                key = item.name[len(self.prefix) :]
+                if isinstance(item, BlobProperties) and key > start_after:
+                    keys.append(key)
+                    if len(keys) == limit:
+                        break
+            return keys
 
         return await self.on_fs_loop(names())
 

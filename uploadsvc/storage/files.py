@@ -111,6 +111,14 @@ class RenamingStorage(Storage):
                 raise PreconditionFailed(f"{final} already exists")
             self.fs.mv(part, final)
 
+    def publish_replacing(self, part: str, final: str, if_match: str) -> None:
+        """Rename `part` onto `final` if `final` still has the etag `if_match`
+        (`PreconditionFailed` if not), under the guard."""
+        with self.guard():
+            if _etag_or_none(self, final) != if_match:
+                raise PreconditionFailed(f"{final} changed")
+            self.fs.mv(part, final)
+
     # The interface.
 
     def create(self, key: str) -> ObjectWriter:
@@ -129,14 +137,20 @@ class RenamingStorage(Storage):
     async def delete(self, key: str) -> None:
         await self._run(_rm_quietly, self.fs, self.path(key))
 
-    async def list(self, suffix: str = "") -> list[str]:
+    async def list(
+        self, prefix: str = "", *, start_after: str = "", limit: int | None = None
+    ) -> list[str]:
         def ls() -> list[str]:
             try:
                 names = self.fs.ls(self.root, detail=False)
             except FileNotFoundError:
                 return []
             keys = (str(n).rstrip("/").rsplit("/", 1)[-1] for n in names)
-            return [k for k in keys if k.endswith(suffix) and not k.endswith(".part")]
+            return sorted(
+                k
+                for k in keys
+                if k.startswith(prefix) and k > start_after and not k.endswith(".part")
+            )[:limit]
 
         return await self._run(ls)
 
@@ -179,10 +193,7 @@ class RenamingStorage(Storage):
                 if if_none_match:
                     self.publish_new(part, final)
                 elif if_match is not None:
-                    with self.guard():
-                        if _etag_or_none(self, final) != if_match:
-                            raise PreconditionFailed(f"{key} changed")
-                        self.fs.mv(part, final)
+                    self.publish_replacing(part, final, if_match)
                 else:
                     self.fs.mv(part, final)
             except BaseException:

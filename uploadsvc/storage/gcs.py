@@ -191,21 +191,32 @@ class GCSStorage(Storage):
         with contextlib.suppress(NotFound):  # absent is fine
             await self.on_fs_loop(self.api.request("DELETE", url))
 
-    async def list(self, suffix: str = "") -> list[str]:
+    async def list(
+        self, prefix: str = "", *, start_after: str = "", limit: int | None = None
+    ) -> list[str]:
         keys: list[str] = []
-        params = {"prefix": self.prefix, "delimiter": "/", "fields": "items(name),nextPageToken"}
-        while True:
+        params = {
+            "prefix": f"{self.prefix}{prefix}",
+            "delimiter": "/",
+            "fields": "items(name),nextPageToken",
+        }
+        if start_after:  # startOffset includes its own name: asked for, then dropped
+            params["startOffset"] = f"{self.prefix}{start_after}"
+        while limit is None or len(keys) < limit:
+            if limit is not None:
+                params["maxResults"] = str(min(1000, limit - len(keys) + 1))
             answer = await self.on_fs_loop(
                 self.api.request("GET", self.api.objects_url, params=params), absent="bucket"
             )
             page = answer.json()
             for item in page.get("items", []):
                 key = str(item["name"])[len(self.prefix) :]
-                if key.endswith(suffix):
+                if key > start_after:
                     keys.append(key)
             if not page.get("nextPageToken"):
-                return keys
+                break
             params = {**params, "pageToken": str(page["nextPageToken"])}
+        return keys[:limit]
 
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False

@@ -152,8 +152,16 @@ class Storage(ABC):
         """Remove an object; absent is not an error."""
 
     @abstractmethod
-    async def list(self, suffix: str = "") -> list[str]:
-        """All committed keys ending with `suffix`, in no particular order."""
+    async def list(
+        self, prefix: str = "", *, start_after: str = "", limit: int | None = None
+    ) -> list[str]:
+        """Committed keys that start with `prefix` and sort after `start_after`, in order,
+        at most `limit` of them (None: all).
+
+        Straight from the store, never from a cache. What a page of N keys
+        costs is a page of the store's own listing (S3: 1000 names a request),
+        not a request per key in the store: callers page with `start_after`.
+        """
 
     @abstractmethod
     async def put_small(

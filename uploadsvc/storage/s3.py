@@ -134,18 +134,27 @@ class S3Storage(Storage):
     async def delete(self, key: str) -> None:
         await self.call("delete_object", Key=self.object_key(key))
 
-    async def list(self, suffix: str = "") -> list[str]:
+    async def list(
+        self, prefix: str = "", *, start_after: str = "", limit: int | None = None
+    ) -> list[str]:
         keys: list[str] = []
         token: dict[str, Any] = {}
-        while True:
-            page = await self.call("list_objects_v2", Prefix=self.prefix, Delimiter="/", **token)
-            for item in page.get("Contents", []):
-                key = item["Key"][len(self.prefix) :]
-                if key.endswith(suffix):
-                    keys.append(key)
+        if start_after:
+            token["StartAfter"] = f"{self.prefix}{start_after}"
+        while limit is None or len(keys) < limit:
+            wanted = 1000 if limit is None else min(1000, limit - len(keys))
+            page = await self.call(
+                "list_objects_v2",
+                Prefix=f"{self.prefix}{prefix}",
+                Delimiter="/",
+                MaxKeys=wanted,
+                **token,
+            )
+            keys += [item["Key"][len(self.prefix) :] for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):
-                return keys
+                break
             token = {"ContinuationToken": page["NextContinuationToken"]}
+        return keys
 
     async def put_small(
         self, key: str, data: bytes, *, if_match: str | None = None, if_none_match: bool = False
