@@ -417,3 +417,21 @@ def test_remove_incomplete_takes_only_writes_whose_writer_died(backend: Backend)
 
     assert run(scenario, backend) == (0, 1)
     assert backend.leftovers() == ["kept"]
+
+
+def test_a_write_in_flight_and_its_abort_publish_nothing_anywhere(backend: Backend) -> None:
+    """Not even briefly under a temporary name: while a write is in flight (past one S3
+    part or Azure block) the store holds no readable object at all, only a part file
+    where the store renames, and after the abort not even that."""
+    seen: list[list[str]] = []
+
+    async def scenario(storage: Storage) -> None:
+        writer = storage.create("obj")
+        for block in blocks(PART_SIZE * 2 + BLOCK_SIZE):
+            await writer.write(block)
+            seen.append([k for k in backend.contents() if not k.endswith(".part")])
+        await writer.abort()
+
+    run(scenario, backend)
+    assert seen and all(visible == [] for visible in seen), seen
+    assert backend.leftovers() == []
