@@ -29,7 +29,7 @@ from uploadsvc.config import Settings, parse_settings
 
 #: Every storage backend the contract and API suites run against; each is a
 #: module of tests/backends (its server fixtures are registered as plugins).
-BACKENDS = ["local", "memory", "s3", "azure", "gcs"]
+BACKENDS = ["local", "memory", "s3", "azure", "gcs", "sftp"]
 
 pytest_plugins = [f"tests.backends.{name}" for name in BACKENDS]
 
