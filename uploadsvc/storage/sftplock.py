@@ -66,7 +66,7 @@ through, losing that update; it never deadlocks. A dead holder stalls
 conditional writes of the folder for up to `LEASE` (they fail with 503 after
 the guard's deadline meanwhile). Its ticket and a dead breaker's claim are
 `.part` files like a dead writer's, which the sweep of old part files removes
-(`remove_incomplete`); the lock itself it never touches (sftp.py), since it
+(`remove_incomplete`); the lock itself it never touches (sftpremote.py), since it
 could not tell a dead holder's lock from a newer one by the name alone.
 """
 
@@ -120,7 +120,7 @@ log = logging.getLogger(__name__)
 
 
 class LockFiles(Protocol):
-    """What the lock needs of the server (sftp.py's `_Remote`), called on worker threads."""
+    """What the lock needs of the server (sftpremote.py's `Remote`), on worker threads."""
 
     def create(self, path: str, data: bytes) -> int | None:
         """Create `path` exclusively (`FileExistsError` if it exists); its mtime."""
