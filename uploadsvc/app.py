@@ -36,6 +36,7 @@ def create_app(
             yield
         finally:
             await jobs.stop()
+            await jobs.close()
 
     app = FastAPI(
         title="uploadsvc",

@@ -1,16 +1,17 @@
 """Background work with owners and leases: an accepted upload always finishes.
 
-Every upload that is not final is a job keyed by its id. Its record says
-who works on it (`Job.owner`) and until when (`Job.lease_until`):
+Every upload that is not final is a job keyed by its id, and its record says
+who works on it and until when (`leases.py`):
 
-- **claim**: an instance takes a job with a conditional write on the record,
-  only if nobody holds a live lease and no retry is pending (`claimable`);
-- **renew**: while it works it extends the lease every third of
-  `lease_seconds`, so a long upload into S3 or a slow processor keeps it;
-  finding the record gone (deleted) or taken stops the work at once;
+- **claim**: a run takes a job with a conditional write on the record, only
+  if nobody holds a live lease and no retry is pending (`leases.claimable`);
+  taking over a lease that expired counts an attempt, since the run before
+  died with it (a poison upload that kills its process ends `failed`);
+- **renew**: while it works the run extends its lease, so a long upload into
+  S3 or a slow processor keeps it; losing the hold stops the work at once;
 - **advance**: the steps the record still needs, each idempotent
   (`UploadService.store_staged`, then `process`), each status change a
-  conditional write that only the owner may make;
+  conditional write that only the holder may make;
 - **release**: the final status clears the lease; a failed step clears it
   with `retry_at` set (exponential backoff with jitter) and counts an
   attempt; after `attempts` the upload ends `failed`, its staged bytes kept
@@ -19,9 +20,7 @@ who works on it (`Job.owner`) and until when (`Job.lease_until`):
 
 An instance that dies simply stops renewing: its leases expire and the sweep
 of any instance (`sweep`, at start-up and every `sweep_interval`) takes the
-jobs over. Wall clocks of the instances are assumed to agree to well within
-a lease (NTP); the lease, not the clock, is what makes two owners impossible,
-since each write is conditional on the record being unchanged.
+jobs over.
 """
 
 from __future__ import annotations
@@ -30,16 +29,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from .config import JobsSettings
 from .errors import Conflict, NotFound, ServiceError, StorageUnavailable
+from .leases import (
+    Hold,
+    LeaseLost,
+    abandoned,
+    backoff,
+    check,
+    claimable,
+    instant,
+    lease,
+    new_owner,
+    renewing,
+)
 from .leftovers import remove_leftovers
 from .models import Job, Status, StoredRecord, age_seconds, now
 from .queues import JobQueue, LocalQueue
@@ -52,10 +60,6 @@ log = logging.getLogger(__name__)
 CONCURRENT_JOBS = 8
 
 
-class LeaseLost(Exception):
-    """The record changed hands (or was deleted) while this instance worked on it."""
-
-
 class _NotYet(Exception):
     """The job waits for a retry this many seconds from now."""
 
@@ -65,7 +69,7 @@ class _NotYet(Exception):
 
 
 class _Stop(Exception):
-    """Why a local job was cancelled: `deleted` (DELETE) or `shutdown`."""
+    """This instance cancelled the run: `deleted` (DELETE) or `shutdown`."""
 
 
 class Jobs:
@@ -77,34 +81,40 @@ class Jobs:
         self.service = service
         self.records = service.records
         self.settings = settings
-        self.owner = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-        self.lease = timedelta(seconds=settings.lease_seconds)
+        #: This instance's part of every owner name (runs add their own).
+        self.instance = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
         self.sweep_interval = max(0.1, min(settings.lease_seconds / 2, 15.0))
         #: Where jobs wait: tasks of this process unless a Redis queue is configured.
         self.queue = queue or LocalQueue(self.run)
-        self._running: dict[str, asyncio.Task[Any]] = {}  # jobs being worked on here
-        self._stopping: dict[str, str] = {}  # upload id -> why its task was cancelled
+        self._running: dict[str, asyncio.Task[Any]] = {}  # runs working here, by upload id
+        self._stopping: dict[str, str] = {}  # upload id -> why its run was cancelled
         self._slots = asyncio.Semaphore(CONCURRENT_JOBS)
         self._sweeper: asyncio.Task[None] | None = None
+        self._open = False
 
     # Lifecycle.
 
     async def start(self) -> None:
         """Sweep now (resume what a previous run left) and every `sweep_interval`."""
         await self.queue.open()
+        self._open = True
         self._sweeper = asyncio.create_task(self._sweep_forever())
 
     async def stop(self) -> None:
-        """Stop sweeping; cancel local jobs, releasing their leases for another instance."""
+        """Take no new work; hand the runs working here back (their leases released,
+        so another instance takes them at once). The queue stays connected: `close`."""
+        self._open = False
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        await self.queue.close()
         tasks = list(self._running.items())
         for upload_id, task in tasks:
             self._stopping[upload_id] = "shutdown"
             task.cancel()
         await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.queue.close()
 
     # Entry points.
 
@@ -112,29 +122,56 @@ class Jobs:
         """Queue the job of a new upload: a request's background task hands over the id only."""
         await self.queue.push(upload_id)
 
+    def blocking_owner(self) -> str:
+        """An owner for a blocking upload, whose record is created already held."""
+        return new_owner(self.instance)
+
+    def lease(self, owner: str) -> Job:
+        """A fresh lease for `owner`, from now."""
+        return lease(owner, self.settings.lease_seconds)
+
     async def run_held(self, record: StoredRecord) -> StoredRecord:
-        """Finish an upload whose record this instance created already holding
-        (the blocking path's processing), in the caller's task."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._running[record.id] = task
+        """Finish an upload whose record the blocking path created already held,
+        in the caller's task; `NotFound` if it is deleted meanwhile."""
+        assert record.job is not None and record.job.owner and record.job.lease_until
+        hold = Hold(record.id, record.job.owner, record.job.lease_until)
         try:
-            return await self._hold(record)
+            finished = await self._working(hold, record)
         except _Stop as stop:
             if str(stop) == "deleted":
                 raise NotFound(f"upload {record.id} was deleted while it was processed") from None
             raise asyncio.CancelledError from None
-        finally:
-            self._running.pop(record.id, None)
+        if finished is None:
+            raise NotFound(f"upload {record.id} was deleted while it was processed")
+        return finished
 
-    def new_lease(self) -> Job:
-        return Job(owner=self.owner, lease_until=instant() + self.lease)
+    async def run(self, upload_id: str) -> None:
+        """The job: claim, advance, release; never raises (the record says what happened)."""
+        if not self._open:
+            return  # stopping: the sweep of another instance takes it
+        async with self._slots:
+            owner = new_owner(self.instance)
+            try:
+                record = await self.records.change(upload_id, lambda r: self._claim(r, owner))
+            except (NotFound, Conflict, LeaseLost):
+                return  # deleted, final, or someone else's
+            except _NotYet as wait:
+                await self.queue.push(upload_id, wait.seconds)
+                return
+            except ServiceError as e:
+                log.warning("upload %s: cannot claim its job now: %s", upload_id, e.detail)
+                return  # the sweep tries again
+            if record.status.final:
+                return  # its attempts ran out at the claim
+            assert record.job is not None and record.job.lease_until is not None
+            with contextlib.suppress(_Stop):
+                await self._working(Hold(upload_id, owner, record.job.lease_until), record)
 
     async def delete(self, upload_id: str) -> None:
-        """Delete an upload in any status; a job working on it stops.
+        """Delete an upload in any status; a run working on it stops.
 
-        The record goes first: every job's next conditional write or lease
-        renewal then fails, so a job elsewhere stops within a third of a lease
+        The record goes first: every run's next conditional write or lease
+        renewal then fails, so a run elsewhere stops within a third of a lease
         and removes what it wrote meanwhile; one running here stops at once.
         """
         await self.records.get(upload_id)  # NotFound for unknown ids
@@ -156,198 +193,147 @@ class Jobs:
                 if age_seconds(upload_id) > self.settings.grace_seconds:
                     await self.records.forget_active(upload_id)
                 continue
+            except ServiceError:
+                raise
+            except Exception:  # one unreadable record must not stop the sweep of the rest
+                log.exception("upload %s: record unreadable, skipped by the sweep", upload_id)
+                continue
             if record.status.final:
                 await self.records.forget_active(upload_id)
             elif claimable(record, moment):
                 await self.queue.push(upload_id)
 
-    # The work.
+    # One run.
 
-    async def run(self, upload_id: str) -> None:
-        """The job: claim, advance, release; never raises (the record says what happened)."""
+    async def _working(self, hold: Hold, record: StoredRecord) -> StoredRecord | None:
+        """Advance a held record under a renewed lease; handle every way out.
+
+        Returns the record as the run left it (None: deleted meanwhile). Raises
+        `_Stop` when this instance cancelled the run, after cleaning up.
+        """
         task = asyncio.current_task()
         assert task is not None
-        self._running[upload_id] = task
+        self._running[hold.upload_id] = task
         try:
-            await self._run(upload_id)
-        finally:
-            if self._running.get(upload_id) is task:
-                del self._running[upload_id]
-
-    async def _run(self, upload_id: str) -> None:
-        async with self._slots:
-            try:
-                record = await self.records.change(upload_id, self._claim)
-            except (NotFound, Conflict, LeaseLost):
-                return  # deleted, final, or someone else's
-            except _NotYet as wait:
-                await self.queue.push(upload_id, wait.seconds)
-                return
-            except ServiceError as e:
-                log.warning("upload %s: cannot claim its job now: %s", upload_id, e.detail)
-                return  # the sweep tries again
-            with contextlib.suppress(_Stop):
-                await self._hold(record)
-
-    async def _hold(self, record: StoredRecord) -> StoredRecord:
-        """Advance a claimed record under a renewed lease; handle every way out.
-
-        Raises `_Stop` when this instance cancelled the work (DELETE, shutdown),
-        after cleaning up; every other outcome is written to the record.
-        """
-        try:
-            async with self._renewing(record.id):
-                return await self._advance(record)
-        except LeaseLost as e:
-            deleted = not await self._exists(record.id)
-            if deleted:
-                await self.service.discard(record.id)  # what this job wrote after the DELETE
-            log.info("upload %s: job stopped (%s): %s", record.id, "deleted" * deleted, e)
-            return record
-        except _Stop as stop:
-            if str(stop) == "deleted":
-                await asyncio.shield(self.service.discard(record.id))
+            async with renewing(self.records, hold, self.settings.lease_seconds):
+                return await self._advance(hold, record)
+        except asyncio.CancelledError:
+            why = self._stopping.pop(hold.upload_id, None)
+            if why is None:
+                raise
+            task.uncancel()
+            if why == "deleted":
+                await asyncio.shield(self.service.discard(hold.upload_id))
             else:
-                await self._release(record.id)
-            raise
+                await self._release(hold)
+            raise _Stop(why) from None
+        except (LeaseLost, NotFound) as e:
+            return await self._lost(hold, str(e))
         except ServiceError as e:
-            return await self._retry_or_fail(record, e.detail)
+            return await self._retry_or_fail(hold, e.detail)
         except Exception as e:  # a bug, not the user's storage: count it like a failure
-            log.exception("upload %s: job failed", record.id)
-            return await self._retry_or_fail(record, f"internal error ({type(e).__name__})")
+            log.exception("upload %s: job failed", hold.upload_id)
+            return await self._retry_or_fail(hold, f"internal error ({type(e).__name__})")
+        finally:
+            if self._running.get(hold.upload_id) is task:
+                del self._running[hold.upload_id]
+            self._stopping.pop(hold.upload_id, None)
 
-    async def _advance(self, record: StoredRecord) -> StoredRecord:
+    async def _advance(self, hold: Hold, record: StoredRecord) -> StoredRecord:
         if record.status is Status.storing:
             await self.service.store_staged(record)
             after = Status.processing if self.service.pipeline else Status.completed
-            record = await self._move(record.id, status=after)
+            record = await self._move(hold, status=after)
         if record.status is Status.processing:
-            record = await self._move(record.id, **await self.service.process(record))
+            record = await self._move(hold, **await self.service.process(record))
         if record.status.final:
             await self.service.release_staged(record.id)
         return record
 
-    async def _move(self, upload_id: str, **changes: Any) -> StoredRecord:
-        """A status change only the lease holder may make; a final one releases the job."""
-
+    async def _move(self, hold: Hold, **changes: Any) -> StoredRecord:
+        """A status change only the holder may make; a final one ends the job."""
         status: Status = changes["status"]
         # A new step starts counting its own attempts; a final status ends the job.
         after = {"job": None, "completed_at": now()} if status.final else {"attempts": 0}
 
         def edit(r: StoredRecord) -> StoredRecord:
-            self._check_owner(r)
+            check(r, hold.owner)
             return StoredRecord.model_validate({**r.model_dump(), **changes, **after})
 
-        return await self.records.change(upload_id, edit)
+        return await self.records.change(hold.upload_id, edit)
 
-    async def _retry_or_fail(self, record: StoredRecord, reason: str) -> StoredRecord:
-        """Count the attempt; retry later, or end `failed` once attempts run out."""
-        attempt = record.attempts + 1
-        delay = backoff(self.settings.backoff_seconds, attempt)
-        last = attempt >= self.settings.attempts
-        step = "processing" if record.status is Status.processing else "storing"
-
-        def edit(r: StoredRecord) -> StoredRecord:
-            self._check_owner(r)
-            if last:
-                return r.model_copy(
-                    update={
-                        "status": Status.failed,
-                        "error": f"{step} failed after {attempt} attempts: {reason}",
-                        "attempts": attempt,
-                        "completed_at": now(),
-                        "job": None,
-                    }
-                )
-            return r.model_copy(
-                update={
-                    "attempts": attempt,
-                    "job": Job(retry_at=instant() + timedelta(seconds=delay)),
-                }
-            )
-
-        log.warning("upload %s: %s failed (attempt %d): %s", record.id, step, attempt, reason)
+    async def _lost(self, hold: Hold, why: str) -> StoredRecord | None:
+        """The hold is gone: deleted (remove what this run wrote since), or taken."""
         try:
-            record = await self.records.change(record.id, edit)
-        except (ServiceError, LeaseLost) as e:
-            log.warning("upload %s: cannot record the failure: %s", record.id, e)
-            return record  # the lease runs out and the sweep takes over
-        if not last:
-            await self.queue.push(record.id, delay)
+            record = await self.records.get(hold.upload_id)
+        except NotFound:
+            await self.service.discard(hold.upload_id)
+            log.info("upload %s: deleted while a job worked on it", hold.upload_id)
+            return None
+        except StorageUnavailable:
+            return None  # unknown: leave the bytes; the leftovers sweep decides later
+        log.info("upload %s: job stopped: %s", hold.upload_id, why)
         return record
 
-    async def _release(self, upload_id: str) -> None:
+    async def _retry_or_fail(self, hold: Hold, reason: str) -> StoredRecord | None:
+        """Count the attempt; retry later, or end `failed` once attempts run out."""
+        delay: float | None = None
+
+        def edit(r: StoredRecord) -> StoredRecord:
+            nonlocal delay
+            check(r, hold.owner)
+            attempt = r.attempts + 1
+            if attempt >= self.settings.attempts:
+                delay = None
+                return _failed(r, attempt, reason)
+            delay = backoff(self.settings.backoff_seconds, attempt)
+            retry_at = instant() + timedelta(seconds=delay)
+            return r.model_copy(update={"attempts": attempt, "job": Job(retry_at=retry_at)})
+
+        log.warning("upload %s: step failed: %s", hold.upload_id, reason)
+        try:
+            record = await self.records.change(hold.upload_id, edit)
+        except (LeaseLost, NotFound) as e:
+            return await self._lost(hold, str(e))
+        except ServiceError as e:
+            log.warning("upload %s: cannot record the failure: %s", hold.upload_id, e.detail)
+            return None  # the lease runs out and a sweep takes over
+        if delay is not None:
+            await self.queue.push(hold.upload_id, delay)
+        return record
+
+    async def _release(self, hold: Hold) -> None:
         """Give the job back (shutdown): another instance may take it at once."""
 
         def edit(r: StoredRecord) -> StoredRecord:
-            self._check_owner(r)
+            check(r, hold.owner)
             return r.model_copy(update={"job": Job()})
 
         with contextlib.suppress(ServiceError, LeaseLost):
-            await asyncio.shield(self.records.change(upload_id, edit))
+            async with asyncio.timeout(self.settings.lease_seconds):
+                await asyncio.shield(self.records.change(hold.upload_id, edit))
 
-    def _claim(self, record: StoredRecord) -> StoredRecord:
+    def _claim(self, record: StoredRecord, owner: str) -> StoredRecord:
         moment = instant()
         if not claimable(record, moment):
             job = record.job
             if job is not None and job.retry_at is not None and job.retry_at > moment:
                 raise _NotYet((job.retry_at - moment).total_seconds())
             raise LeaseLost(f"upload {record.id} is held by {job.owner if job else None}")
+        attempts = record.attempts
+        if abandoned(record):  # the run before died holding it: that was an attempt
+            attempts += 1
+            if attempts >= self.settings.attempts:
+                why = "the instance working on it stopped (killed, or cut off from the storage)"
+                return _failed(record, attempts, why)
         status = Status.storing if record.status is Status.queued else record.status
-        return record.model_copy(update={"status": status, "job": self.new_lease()})
-
-    def _check_owner(self, record: StoredRecord) -> None:
-        if record.job is None or record.job.owner != self.owner:
-            raise LeaseLost(f"upload {record.id} is no longer held by {self.owner}")
-
-    @asynccontextmanager
-    async def _renewing(self, upload_id: str) -> AsyncIterator[None]:
-        """Renew the lease while the block runs; stop the block when it is lost."""
-        task = asyncio.current_task()
-        assert task is not None
-        lost: list[LeaseLost] = []
-
-        def renewed(r: StoredRecord) -> StoredRecord:
-            self._check_owner(r)
-            return r.model_copy(update={"job": self.new_lease()})
-
-        async def renew() -> None:
-            while True:
-                await asyncio.sleep(self.settings.lease_seconds / 3)
-                try:
-                    await self.records.change(upload_id, renewed)
-                except (NotFound, LeaseLost, Conflict) as e:
-                    lost.append(LeaseLost(str(e)))
-                    task.cancel()
-                    return
-                except ServiceError as e:  # keep trying; the final write is conditional anyway
-                    log.warning("upload %s: lease not renewed: %s", upload_id, e.detail)
-
-        renewer = asyncio.create_task(renew())
-        try:
-            yield
-        except asyncio.CancelledError:
-            why = self._stopping.pop(upload_id, None)
-            if lost or why:
-                task.uncancel()
-                raise (lost[0] if lost else _Stop(why)) from None
-            raise
-        finally:
-            renewer.cancel()
-            await asyncio.gather(renewer, return_exceptions=True)
-
-    async def _exists(self, upload_id: str) -> bool:
-        try:
-            await self.records.get(upload_id)
-        except NotFound:
-            return False
-        except StorageUnavailable:
-            return True  # unknown: leave the bytes, the sweep decides later
-        return True
+        return record.model_copy(
+            update={"status": status, "attempts": attempts, "job": self.lease(owner)}
+        )
 
     async def _sweep_forever(self) -> None:
         """Resume every `sweep_interval`; remove leftovers every half grace period (at
-        most every 10 minutes: each pass lists everything)."""
+        most every 10 minutes: each pass lists everything). Nothing stops it but `stop`."""
         leftovers_every = max(self.sweep_interval, min(self.settings.grace_seconds / 2, 600.0))
         leftovers_due = 0.0
         loop = asyncio.get_running_loop()
@@ -359,27 +345,24 @@ class Jobs:
                     leftovers_due = loop.time() + leftovers_every
             except ServiceError as e:
                 log.warning("sweep failed, trying again in %g s: %s", self.sweep_interval, e.detail)
+            except Exception:
+                log.exception("sweep failed, trying again in %g s", self.sweep_interval)
             await asyncio.sleep(self.sweep_interval)
 
 
-def instant() -> datetime:
-    """Now, to the microsecond: leases and retries need more than the records' seconds."""
-    return datetime.now(UTC)
+def _step(status: Status) -> str:
+    return "processing" if status is Status.processing else "storing"
 
 
-def claimable(record: StoredRecord, moment: datetime) -> bool:
-    """Nobody holds a live lease and no retry is pending."""
-    if record.status.final:
-        return False
-    job = record.job
-    if job is None:
-        return True
-    if job.owner is not None and job.lease_until is not None and job.lease_until > moment:
-        return False
-    return job.retry_at is None or job.retry_at <= moment
-
-
-def backoff(base: float, attempt: int) -> float:
-    """Seconds before try `attempt + 1`: doubling from `base`, with jitter in [0.5, 1.5)x
-    so instances that failed together do not retry together."""
-    return float(base * 2 ** (attempt - 1) * (0.5 + random.random()))
+def _failed(record: StoredRecord, attempts: int, why: str) -> StoredRecord:
+    """The record ended `failed` after `attempts` tries of its current step."""
+    error = f"{_step(record.status)} failed after {attempts} attempts: {why}"
+    return record.model_copy(
+        update={
+            "status": Status.failed,
+            "error": error,
+            "attempts": attempts,
+            "completed_at": now(),
+            "job": None,
+        }
+    )

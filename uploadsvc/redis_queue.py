@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import redis.asyncio
+import redis.exceptions
 import saq.queue.redis
 
 from .config import ConfigError
@@ -22,13 +24,23 @@ from .errors import StorageUnavailable
 #: The one function a worker runs: `run_job(upload_id=...)`.
 JOB_FUNCTION = "run_job"
 
+#: Every Redis call ends within this (a partitioned Redis must not hang a sweep,
+#: a request's nudge or a shutdown); a worker's wait for work is shorter.
+SOCKET_TIMEOUT_SECONDS = 15.0
+DEQUEUE_SECONDS = 5.0
+
 
 class RedisQueue:
     """Jobs on a Redis queue (saq), run by `uploadsvc worker` processes."""
 
     def __init__(self, url: str, heartbeat_seconds: float) -> None:
         try:
-            self.saq = _SaqQueue.from_url(url)
+            client = redis.asyncio.Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT_SECONDS,
+                socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+            )
+            self.saq = _SaqQueue(client)
         except ValueError as e:
             raise ConfigError(f"queue.url: {url}: {e}") from None
         self.url = url
@@ -45,9 +57,6 @@ class RedisQueue:
         On a client of its own: the check runs before the server's event loop
         exists, and a client stays bound to the loop it first ran on.
         """
-        import redis.asyncio
-        import redis.exceptions
-
         client = redis.asyncio.Redis.from_url(self.url)
         try:
 
@@ -63,9 +72,12 @@ class RedisQueue:
             await client.aclose()
 
     async def push(self, upload_id: str, delay: float = 0.0) -> None:
+        """A push now shares its key with the job of the id, so repeats are no-ops; a
+        later one (a retry) has a key of its own, or the job making it, still
+        running, would swallow it."""
         await self.saq.enqueue(
             JOB_FUNCTION,
-            key=upload_id,
+            key=upload_id if delay <= 0 else f"{upload_id}.later",
             upload_id=upload_id,
             timeout=0,  # steps may take long; the record's lease, not saq, bounds them
             heartbeat=self.heartbeat,

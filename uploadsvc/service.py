@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -59,15 +59,16 @@ class UploadService:
         body: AsyncIterator[bytes],
         content_type: str | None,
         content_length: int | None,
-        job: Job,
+        lease: Callable[[], Job],
     ) -> StoredRecord:
-        """Store and record; the record is `processing` under `job` when a pipeline
-        is configured (the caller runs it), else `completed`."""
+        """Store and record; the record is `processing`, held by a `lease()` taken as
+        it is written, when a pipeline is configured (the caller runs it), else
+        `completed`. (Taken then, not before the body: a slow body would outlast it.)"""
         upload_id, started = new_id(), now()
         received = await self._receive(self.storage, upload_id, body, content_type, content_length)
         if self.pipeline:
             return await self._record(
-                self.storage, upload_id, received, Status.processing, started, job
+                self.storage, upload_id, received, Status.processing, started, lease()
             )
         return await self._record(self.storage, upload_id, received, Status.completed, started)
 

@@ -38,13 +38,23 @@ def build_jobs(
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
     )
-    return Jobs(service, settings.jobs, build_queue(settings, service.staging))
+    return Jobs(service, settings.jobs, build_queue(settings, service.storage, service.staging))
 
 
-def build_queue(settings: Settings, staging: Storage) -> JobQueue | None:
-    """None (jobs in this process) or the Redis queue, which needs staging all workers reach."""
+def build_queue(settings: Settings, storage: Storage, staging: Storage) -> JobQueue | None:
+    """None (jobs in this process) or the Redis queue, which needs storage and staging
+    that every worker reaches and shares."""
     if not settings.queue.url:
         return None
+    for key, url, store in (
+        ("storage", settings.storage.url, storage),
+        ("staging", settings.staging.url, staging),
+    ):
+        if Ability.shared_conditions not in store.abilities:
+            raise ConfigError(
+                f"{key}.url: {url} lives in one process; with queue.url set, workers in other "
+                "processes must share it: use a folder, bucket or server"
+            )
     if Ability.local_files in staging.abilities:
         raise ConfigError(
             f"staging.url: {settings.staging.url} is a local folder, which workers on other "

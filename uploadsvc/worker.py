@@ -22,7 +22,7 @@ from typing import Any
 
 from .config import ConfigError, load_settings
 from .jobs import CONCURRENT_JOBS, Jobs
-from .redis_queue import JOB_FUNCTION, RedisQueue
+from .redis_queue import DEQUEUE_SECONDS, JOB_FUNCTION, RedisQueue
 from .wiring import build_jobs, check_reachable, or_exit
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ async def work(jobs: Jobs) -> None:
         # saq looks for jobs whose heartbeat stopped every second (its default:
         # a minute); the other timers are saq's defaults (its type wants them all).
         timers=PartialTimersDict(schedule=1, worker_info=10, sweep=1, abort=1),
+        # Waits on Redis end within the client's socket timeout (redis_queue.py).
+        dequeue_timeout=DEQUEUE_SECONDS,
     )
     worker.SIGNALS = []  # ours below: jobs hand their leases back before saq stops
     stopping = asyncio.Event()
@@ -74,14 +76,17 @@ async def work(jobs: Jobs) -> None:
         loop.add_signal_handler(signum, stopping.set)
     await jobs.start()
     running = asyncio.create_task(worker.start())
-    log.info("worker %s taking jobs from %s", jobs.owner, queue.url)
+    log.info("worker %s taking jobs from %s", jobs.instance, queue.url)
     await stopping.wait()
-    log.info("worker %s stopping: handing its jobs back", jobs.owner)
+    log.info("worker %s stopping: handing its jobs back", jobs.instance)
+    # Jobs first: from here on a message saq still hands over is dropped unclaimed
+    # (any sweep pushes it again), and the runs in flight release their leases.
     await jobs.stop()
     await worker.stop()
     running.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await running
+    await jobs.close()
 
 
 async def _beat(job: Any, every: float) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.backends import Backend
 from tests.conftest import Live, make_settings
+from tests.rawhttp import MULTIPART_TYPE, multipart_stream
 from uploadsvc.errors import StorageUnavailable
 from uploadsvc.pipeline import Pipeline, StoredUpload
 
@@ -165,11 +167,12 @@ def test_deleting_a_queued_upload_stops_its_job(
 ) -> None:
     jobs = live.app.state.jobs
     gate = Gate()
-    real_nudge = jobs.nudge
+    ran: list[str] = []
 
     async def held_nudge(upload_id: str) -> None:
         await gate.wait()
-        await real_nudge(upload_id)
+        await jobs.run(upload_id)  # the job itself, awaited, not just queued
+        ran.append(upload_id)
 
     monkeypatch.setattr(jobs, "nudge", held_nudge)
     upload_id = live.http.post("/upload-nonblocking/", files={"file": ("f", b"x" * 1000)}).json()[
@@ -178,10 +181,61 @@ def test_deleting_a_queued_upload_stops_its_job(
     assert live.http.get(f"/uploads/{upload_id}").json()["status"] == "queued"
     assert live.http.delete(f"/uploads/{upload_id}").status_code == 204
     gate.open()
-    wait_until(lambda: gate.opened.is_set())
-    # The job finds the upload gone and stores nothing.
-    wait_until(lambda: live.backend.leftovers() == [] and not any(live.staging.iterdir()))
+    wait_until(lambda: ran == [upload_id])
+    # The job found the upload gone and stored nothing.
+    assert live.backend.leftovers() == [] and not any(live.staging.iterdir())
     assert live.http.get(f"/uploads/{upload_id}").status_code == 404
+
+
+def test_a_delete_on_another_instance_stops_a_job_mid_store_and_leaves_nothing(
+    live_factory: Callable[..., Live],
+    backend: Backend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The job (first instance) commits the object after the DELETE (second instance)
+    removed everything; its next record write finds the record gone, and it removes
+    the object itself."""
+    settings = make_settings(backend, tmp_path, max_upload_bytes=32 << 20)
+    first, second = live_factory(settings), live_factory(settings)
+    gate = _hold_storing(first, monkeypatch)
+    upload_id = first.http.post(
+        "/upload-nonblocking/", files={"file": ("f", os.urandom(1 << 20))}
+    ).json()["id"]
+    wait_until(lambda: gate.waiting == 1)
+    assert second.http.delete(f"/uploads/{upload_id}").status_code == 204
+    gate.open()
+    wait_until(lambda: backend.leftovers() == [] and not any(first.staging.iterdir()))
+    assert first.http.get(f"/uploads/{upload_id}").status_code == 404
+
+
+def test_a_blocking_upload_slower_than_the_lease_is_processed_once(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path
+) -> None:
+    """The lease starts when the record is written, not when the body starts: a body
+    that outlasts a lease must not leave a record any sweep may take."""
+    runs: list[str] = []
+
+    class Counting:
+        async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+            runs.append(upload.record.id)
+            await asyncio.sleep(0.5)
+            return {}
+
+    settings = make_settings(backend, tmp_path, {"lease_seconds": 0.6}, max_upload_bytes=8 << 20)
+    live = live_factory(settings, pipeline=Pipeline([("counting", Counting())], timeout=30))
+
+    def slow_body() -> Any:
+        for block in multipart_stream(iter([os.urandom(1 << 20)] * 3)):
+            yield block
+            time.sleep(0.5)  # 2 s in all: three leases
+
+    answer = live.http.post(
+        "/upload-blocking/", content=slow_body(), headers={"Content-Type": MULTIPART_TYPE}
+    )
+    assert answer.status_code == 201 and answer.json()["status"] == "completed", answer.text
+    time.sleep(1.0)  # a sweep that took the record would have run it again by now
+    assert runs == [answer.json()["id"]]
 
 
 def test_a_job_that_cannot_write_its_record_is_taken_over_once_its_lease_runs_out(
@@ -277,3 +331,72 @@ def test_failing_processor_fails_the_upload_but_keeps_the_bytes(
     assert record["results"] == {}
     assert stored_bytes(live.backend, upload_id) == payload
     assert live.http.get(record["url"]).status_code == 409
+
+
+def _abandoned_record(live: Live, payload: bytes, attempts: int) -> str:
+    """A background upload whose run died holding it: staged, `storing`, lease expired."""
+    from datetime import UTC, datetime, timedelta
+
+    from uploadsvc.models import Job, Status, StoredRecord, new_id, now
+
+    service = live.app.state.service
+    upload_id = new_id()
+    record = StoredRecord(
+        id=upload_id,
+        filename="f",
+        size=len(payload),
+        content_type="application/octet-stream",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        status=Status.storing,
+        created_at=now(),
+        url=f"/uploads/{upload_id}/content",
+        attempts=attempts,
+        job=Job(owner="dead-host/1/x/y", lease_until=datetime.now(UTC) - timedelta(seconds=1)),
+    )
+
+    async def write() -> None:
+        async with service.staging.create(upload_id) as writer:
+            await writer.write(payload)
+            await writer.commit()
+        await service.records.create(record)
+
+    asyncio.run(write())
+    return upload_id
+
+
+def test_a_run_that_died_counts_as_an_attempt(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path
+) -> None:
+    """Taking over an expired lease counts the dead run's attempt; an upload that keeps
+    killing its process ends `failed` instead of taking down instance after instance."""
+    settings = make_settings(backend, tmp_path, {"attempts": 3, "lease_seconds": 0.6})
+    live = live_factory(settings)
+    recovers = _abandoned_record(live, b"fine", attempts=0)
+    poison = _abandoned_record(live, b"poison", attempts=2)
+    recovered = wait_for_status(live, recovers)
+    assert (recovered["status"], recovered["attempts"]) == ("completed", 1)  # the dead run
+    failed = wait_for_status(live, poison)
+    assert (failed["status"], failed["attempts"]) == ("failed", 3)
+    assert failed["error"].startswith("storing failed after 3 attempts: the instance working")
+    assert (live.staging / poison).read_bytes() == b"poison"  # kept until deleted
+
+
+def test_an_unreadable_record_does_not_stop_the_sweep(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path
+) -> None:
+    """A record this version cannot read (say, written by a newer one) is skipped; the
+    sweep still resumes the others."""
+    from uploadsvc.models import new_id
+    from uploadsvc.records import active_key, record_key
+
+    live = live_factory(make_settings(backend, tmp_path, {"lease_seconds": 0.6}))
+    storage = live.app.state.service.storage
+    odd = new_id()
+
+    async def write_odd() -> None:
+        await storage.put_small(active_key(odd), b"")
+        await storage.put_small(record_key(odd), b'{"status": "from-the-future"}')
+
+    asyncio.run(write_odd())
+    resumed = _abandoned_record(live, b"resume me", attempts=0)
+    assert wait_for_status(live, resumed)["status"] == "completed"

@@ -111,12 +111,33 @@ def test_a_redis_queue_with_local_staging_is_refused_in_one_line(tmp_path: Path)
         assert line.startswith("uploadsvc: staging.url: ") and "workers" in line
 
 
-def test_an_unreachable_queue_stops_start_up_in_one_line(tmp_path: Path) -> None:
+def test_a_redis_queue_with_storage_of_one_process_is_refused_in_one_line(tmp_path: Path) -> None:
     config = write_toml(
         tmp_path / "service.toml",
         {
             "storage": {"url": "memory://store"},
             "staging": {"url": "memory://staging"},
+            "queue": {"url": "redis://127.0.0.1:9/0"},
+        },
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "uploadsvc", "worker", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("uploadsvc: storage.url: memory://store lives in one process")
+
+
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)
+def test_an_unreachable_queue_stops_start_up_in_one_line(backend: Backend, tmp_path: Path) -> None:
+    config = write_toml(
+        tmp_path / "service.toml",
+        {
+            "storage": {"url": backend.url, "options": backend.options},
+            "staging": {"url": backend.url.rsplit("/", 1)[0] + "/staging"},
             "queue": {"url": "redis://127.0.0.1:9/0"},
         },
     )

@@ -46,7 +46,7 @@ from fsspec import AbstractFileSystem
 from fsspec.implementations.local import LocalFileSystem
 
 from ..errors import NotFound, PreconditionFailed, StorageUnavailable
-from ..offload import Lane
+from ..offload import Lane, outlast_cancellation
 from .interface import Ability, ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
 
 #: Start the kernel's writeback after this many new bytes (local disk only).
@@ -83,7 +83,11 @@ class RenamingStorage(Storage):
         return f"{self.root}/{checked_key(key)}"
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.to_thread(_translated, self, fn, *args)
+        """`fn(*args)` on a worker thread. A thread cannot be stopped, so a cancelled
+        caller waits for it to end: whoever cleans up next (a DELETE after a
+        cancelled move into storage) must find its work done, not still running."""
+        call = asyncio.ensure_future(asyncio.to_thread(_translated, self, fn, *args))
+        return await outlast_cancellation(call)
 
     # Hooks (sync, called on worker threads).
 
@@ -135,7 +139,17 @@ class RenamingStorage(Storage):
         return int(await self._run(self.fs.size, self.path(key)))
 
     async def delete(self, key: str) -> None:
-        await self._run(_rm_quietly, self.fs, self.path(key))
+        """Under the guard, like a compare-and-rename: a delete in the middle of one
+        would be undone by its rename (a deleted record coming back)."""
+
+        def delete() -> None:
+            try:
+                with self.guard():
+                    _rm_quietly(self.fs, self.path(key))
+            except FileNotFoundError:
+                pass  # no folder yet: nothing to delete
+
+        await self._run(delete)
 
     async def list(
         self, prefix: str = "", *, start_after: str = "", limit: int | None = None

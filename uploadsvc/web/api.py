@@ -8,6 +8,7 @@ them. Errors are raised as domain errors and rendered by the one handler in
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
@@ -99,7 +100,7 @@ async def upload_blocking(request: Request) -> Response:
         request.stream(),
         request.headers.get("content-type"),
         _content_length(request),
-        job=jobs.new_lease(),
+        lease=partial(jobs.lease, jobs.blocking_owner()),
     )
     if not record.status.final:
         record = await jobs.run_held(record)
