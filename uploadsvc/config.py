@@ -69,7 +69,7 @@ class JobsSettings(_Section):
     attempts: int = Field(default=5, ge=1)
     backoff_seconds: float = Field(default=1.0, ge=0)
     lease_seconds: float = Field(default=30.0, gt=0)
-    grace_seconds: float = Field(default=3600.0, ge=0)
+    grace_seconds: float = Field(default=3600.0, gt=0)
 
 
 class QueueSettings(_Section):

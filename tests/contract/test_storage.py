@@ -397,10 +397,10 @@ def test_a_silent_endpoint_cannot_outlast_a_check_timeout(backend: Backend) -> N
 
 def test_remove_incomplete_takes_only_writes_whose_writer_died(backend: Backend) -> None:
     """A writer that neither commits nor aborts (its process died) leaves a part file or
-    a pending multipart upload; the sweep's call removes it once old enough, and never
-    touches a committed object."""
+    a pending multipart upload; the sweep's call removes it once it has shown no sign
+    of life for long enough, and never a slow writer's or a committed object."""
 
-    async def scenario(storage: Storage) -> tuple[int, int]:
+    async def scenario(storage: Storage) -> tuple[int, int, int]:
         if type(storage).remove_incomplete is Storage.remove_incomplete:
             pytest.skip(f"{backend.name} leaves incomplete writes for its store to expire")
         async with storage.create("kept") as writer:
@@ -412,10 +412,16 @@ def test_remove_incomplete_takes_only_writes_whose_writer_died(backend: Backend)
         began = time.time()
         young = await storage.remove_incomplete(3600, lambda key: began)
         await asyncio.sleep(1.1)  # mtimes may have a resolution of a second
+        # A slow writer, but alive. Three more parts: S3 keeps two in flight, so by
+        # the last write at least one new part has landed (and dated itself).
+        for block in blocks(PART_SIZE * 3):
+            await dead.write(block)
+        alive = await storage.remove_incomplete(1, lambda key: began)
+        await asyncio.sleep(2.1)
         old = await storage.remove_incomplete(1, lambda key: began)
-        return young, old
+        return young, alive, old
 
-    assert run(scenario, backend) == (0, 1)
+    assert run(scenario, backend) == (0, 0, 1)
     assert backend.leftovers() == ["kept"]
 
 

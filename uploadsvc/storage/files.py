@@ -352,6 +352,10 @@ class MemoryStorage(RenamingStorage):
         with _MEMORY_GUARD:
             yield
 
+    # A writer here dies only with its process, and the store with it: nothing to
+    # remove. (Its part files have no modification time to age them by, either.)
+    remove_incomplete = Storage.remove_incomplete
+
 
 class _FileWriter(ObjectWriter):
     """Writes `<key>.<random>.part` on a lane; commit makes it durable and renames it."""

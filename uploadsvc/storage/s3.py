@@ -179,7 +179,8 @@ class S3Storage(Storage):
     async def remove_incomplete(
         self, older_than: float, began: Callable[[str], float | None] = lambda key: None
     ) -> int:
-        """Abort multipart uploads under the prefix that began over `older_than` s ago."""
+        """Abort multipart uploads under the prefix with no sign of life for `older_than` s:
+        begun before, and no part uploaded since (a slow client is not a dead one)."""
         cutoff = time.time() - older_than
         removed = 0
         markers: dict[str, Any] = {}
@@ -187,7 +188,8 @@ class S3Storage(Storage):
             page = await self.call("list_multipart_uploads", Prefix=self.prefix, **markers)
             for upload in page.get("Uploads", []):
                 key = upload["Key"][len(self.prefix) :]
-                if max(upload["Initiated"].timestamp(), began(key) or 0) < cutoff:
+                started = max(upload["Initiated"].timestamp(), began(key) or 0)
+                if started < cutoff and await self._last_part_time(upload) < cutoff:
                     with contextlib.suppress(NotFound):
                         await self.call(
                             "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
@@ -199,6 +201,22 @@ class S3Storage(Storage):
                 "KeyMarker": page["NextKeyMarker"],
                 "UploadIdMarker": page["NextUploadIdMarker"],
             }
+
+    async def _last_part_time(self, upload: dict[str, Any]) -> float:
+        """When the newest part of a multipart upload arrived (0: none has)."""
+        latest, marker = 0.0, 0
+        while True:
+            page = await self.call(
+                "list_parts",
+                Key=upload["Key"],
+                UploadId=upload["UploadId"],
+                PartNumberMarker=marker,
+            )
+            for part in page.get("Parts", []):
+                latest = max(latest, part["LastModified"].timestamp())
+            if not page.get("IsTruncated"):
+                return latest
+            marker = int(page["NextPartNumberMarker"])
 
     async def check(self) -> None:
         try:
