@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -41,6 +41,20 @@ async def outlast_cancellation(future: asyncio.Future[T]) -> T:
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not log it as lost
         raise
+
+
+async def on_loop(
+    coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, *, settle: bool = False
+) -> T:
+    """Await `coro` on another event loop (an fsspec library's own IO thread).
+
+    Cancelling the caller cancels the call, so timeouts (health checks,
+    start-up) hold; a call that changes state is `settle`d instead: a
+    cancelled caller waits for it to end, so the clean-up that follows knows
+    what happened (never races a part upload or a commit still on the wire).
+    """
+    future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
+    return await (outlast_cancellation(future) if settle else future)
 
 
 class Lane:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -90,66 +91,42 @@ def test_two_workers_one_killed_mid_job_every_upload_finishes_once(
     assert "Traceback" not in workers[1 - workers.index(victim)].log.read_text()
 
 
-def test_a_redis_queue_with_local_staging_is_refused_in_one_line(tmp_path: Path) -> None:
-    config = write_toml(
-        tmp_path / "service.toml",
-        {
-            "storage": {"url": f"file://{tmp_path / 'store'}"},
-            "staging": {"path": str(tmp_path / "staging")},
-            "queue": {"url": "redis://127.0.0.1:9/0"},
-        },
-    )
-    for command in ("serve", "worker"):
-        result = subprocess.run(
-            [sys.executable, "-m", "uploadsvc", command, "--config", str(config)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert result.returncode == 1, result.stderr
-        (line,) = result.stderr.splitlines()
-        assert line.startswith("uploadsvc: staging.url: ") and "workers" in line
+@pytest.mark.parametrize("command", ["serve", "worker"])
+def test_a_redis_queue_with_local_staging_is_refused_in_one_line(
+    tmp_path: Path, command: str
+) -> None:
+    staging = {"path": str(tmp_path / "staging")}
+    line = _refusal(tmp_path, command, {"url": f"file://{tmp_path / 'store'}"}, staging)
+    assert line.startswith("uploadsvc: staging.url: ") and "workers" in line
 
 
 def test_a_redis_queue_with_storage_of_one_process_is_refused_in_one_line(tmp_path: Path) -> None:
-    config = write_toml(
-        tmp_path / "service.toml",
-        {
-            "storage": {"url": "memory://store"},
-            "staging": {"url": "memory://staging"},
-            "queue": {"url": "redis://127.0.0.1:9/0"},
-        },
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "uploadsvc", "worker", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 1, result.stderr
-    (line,) = result.stderr.splitlines()
+    line = _refusal(tmp_path, "worker", {"url": "memory://store"}, {"url": "memory://staging"})
     assert line.startswith("uploadsvc: storage.url: memory://store lives in one process")
 
 
 @pytest.mark.parametrize("backend", ["s3"], indirect=True)
 def test_an_unreachable_queue_stops_start_up_in_one_line(backend: Backend, tmp_path: Path) -> None:
+    storage = {"url": backend.url, "options": backend.options}
+    staging = {"url": backend.url.rsplit("/", 1)[0] + "/staging"}
+    assert "queue redis://127.0.0.1:9/0" in _refusal(tmp_path, "worker", storage, staging)
+
+
+def _refusal(tmp_path: Path, command: str, storage: dict[str, Any], staging: dict[str, Any]) -> str:
+    """The one line a start-up with a Redis queue (on a closed port) is refused with."""
     config = write_toml(
         tmp_path / "service.toml",
-        {
-            "storage": {"url": backend.url, "options": backend.options},
-            "staging": {"url": backend.url.rsplit("/", 1)[0] + "/staging"},
-            "queue": {"url": "redis://127.0.0.1:9/0"},
-        },
+        {"storage": storage, "staging": staging, "queue": {"url": "redis://127.0.0.1:9/0"}},
     )
     result = subprocess.run(
-        [sys.executable, "-m", "uploadsvc", "worker", "--config", str(config)],
+        [sys.executable, "-m", "uploadsvc", command, "--config", str(config)],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1, result.stderr
     (line,) = result.stderr.splitlines()
-    assert "queue redis://127.0.0.1:9/0" in line
+    return line
 
 
 def _owner_pid(backend: S3Backend, upload_id: str) -> int | None:

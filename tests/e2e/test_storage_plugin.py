@@ -15,13 +15,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
 
 from tests.backends.tools import free_port
-from tests.e2e.conftest import plugin_env
+from tests.e2e.conftest import Instance, plugin_env
 
 
 def _config(tmp_path: Path, url: str, port: int) -> Path:
@@ -42,39 +41,18 @@ def _config(tmp_path: Path, url: str, port: int) -> Path:
 
 
 def test_a_plugin_backend_serves_uploads_from_config_alone(
-    plugin_site: Path, tmp_path: Path
+    plugin_site: Path, tmp_path: Path, instances: list[Instance]
 ) -> None:
-    port = free_port()
     store = tmp_path / "tiny-store"
-    config = _config(tmp_path, f"tiny://{store}", port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
-        env=plugin_env(plugin_site),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            try:
-                if httpx.get(f"{url}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the service did not start"
-            time.sleep(0.05)
-        data = os.urandom(100_000)
-        record = httpx.post(f"{url}/upload-blocking/", files={"file": ("t.bin", data)}).json()
-        assert record["sha256"] == hashlib.sha256(data).hexdigest()
-        assert (store / record["id"]).read_bytes() == data
-        assert (store / f"{record['id']}.json").is_file()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=15)
-        if proc.stderr:
-            proc.stderr.close()
+    config = _config(tmp_path, f"tiny://{store}", free_port())
+    service = Instance(config, plugin_env(plugin_site), tmp_path / "service.log")
+    instances.append(service)
+    service.wait_healthy()
+    data = os.urandom(100_000)
+    record = httpx.post(f"{service.url}/upload-blocking/", files={"file": ("t.bin", data)}).json()
+    assert record["sha256"] == hashlib.sha256(data).hexdigest()
+    assert (store / record["id"]).read_bytes() == data
+    assert (store / f"{record['id']}.json").is_file()
 
 
 def test_a_plugin_backend_lacking_abilities_is_refused_in_one_line(

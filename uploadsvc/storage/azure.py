@@ -74,7 +74,7 @@ from azure.storage.blob import BlobBlock, BlobProperties
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
-from ..offload import outlast_cancellation
+from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: Bytes per staged block. Memory per upload is about BLOCK_BYTES *
@@ -137,16 +137,10 @@ class AzureStorage(Storage):
         return f"{self.prefix}{checked_key(key)}"
 
     async def on_fs_loop(self, coro: Coroutine[Any, Any, T], *, settle: bool = False) -> T:
-        """Await a coroutine on adlfs's loop thread, translating its errors.
-
-        Cancelling the caller cancels the call, so timeouts (health checks,
-        start-up) hold. A call that changes a blob is `settle`d instead: a
-        cancelled caller waits for it to end, so the clean-up that follows
-        never races a block upload or a commit still on the wire.
-        """
-        future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.fs.loop))
+        """Await a coroutine on adlfs's loop thread (`on_loop`: `settle` a call that
+        changes a blob), translating its errors."""
         try:
-            return await (outlast_cancellation(future) if settle else future)
+            return await on_loop(coro, self.fs.loop, settle=settle)
         except ServiceError:
             raise
         except ResourceNotFoundError as e:

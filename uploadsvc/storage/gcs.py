@@ -59,7 +59,7 @@ from typing import Any, Self, TypeVar
 from gcsfs.core import GCSFileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
-from ..offload import outlast_cancellation
+from ..offload import on_loop
 from .gcsapi import JSONAPI, HTTPError, Piece, read_block
 from .interface import Ability, ObjectInfo, ObjectWriter, Storage, checked_key
 
@@ -135,17 +135,12 @@ class GCSStorage(Storage):
     async def on_fs_loop(
         self, coro: Coroutine[Any, Any, T], *, settle: bool = False, absent: str = "object"
     ) -> T:
-        """Await a coroutine on gcsfs's loop thread, translating its errors.
-
-        Cancelling the caller cancels the call, so timeouts hold. A call that
-        may publish or open something is `settle`d instead: a cancelled caller
-        waits for it to end, so the clean-up that follows knows what to undo.
-        A 404 is a missing object (`NotFound`) where `absent` is "object", and
-        a missing bucket (`StorageUnavailable`) where it is "bucket".
-        """
-        future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.fs.loop))
+        """Await a coroutine on gcsfs's loop thread (`on_loop`: `settle` a call that may
+        publish or open something), translating its errors. A 404 is a missing
+        object (`NotFound`) where `absent` is "object", and a missing bucket
+        (`StorageUnavailable`) where it is "bucket"."""
         try:
-            return await (outlast_cancellation(future) if settle else future)
+            return await on_loop(coro, self.fs.loop, settle=settle)
         except ServiceError:
             raise
         except HTTPError as e:

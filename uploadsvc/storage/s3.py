@@ -35,7 +35,7 @@ import fsspec
 from s3fs import S3FileSystem
 
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
-from ..offload import outlast_cancellation
+from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
@@ -83,16 +83,10 @@ class S3Storage(Storage):
         return f"{self.prefix}{checked_key(key)}"
 
     async def on_fs_loop(self, coro: Coroutine[Any, Any, T], *, settle: bool = False) -> T:
-        """Await a coroutine on s3fs's loop thread, translating its errors.
-
-        Cancelling the caller cancels the call, so timeouts (health checks,
-        start-up) hold. A call that changes an upload's state is `settle`d
-        instead: a cancelled caller waits for it to end, so the abort that
-        follows never races a part upload, a multipart start or a completion.
-        """
-        future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.fs.loop))
+        """Await a coroutine on s3fs's loop thread (`on_loop`: `settle` a call that
+        changes an upload's state), translating its errors."""
         try:
-            return await (outlast_cancellation(future) if settle else future)
+            return await on_loop(coro, self.fs.loop, settle=settle)
         except ServiceError:
             raise
         except FileNotFoundError as e:
