@@ -303,9 +303,11 @@ class Remote:
         its mtime on the server's clock, None if the server does not say."""
 
         async def create(sftp: asyncssh.SFTPClient) -> int | None:
-            f = await _unless_exists(sftp, path, lambda: _new_file(sftp, path, "xb"))
+            # block_size=0: the write is one request, sent at once, so the stat
+            # behind it in the same round trip sees it (a channel's requests
+            # are answered in order).
+            f = await _unless_exists(sftp, path, lambda: _new_file(sftp, path, "xb", block_size=0))
             async with f:
-                # One round trip: the server answers a channel's requests in order.
                 _, attrs = await asyncio.gather(f.write(data, 0), f.stat())
             return attrs.mtime
 
@@ -342,10 +344,11 @@ class Remote:
 
         async def fsync(sftp: asyncssh.SFTPClient) -> None:
             try:
-                async with sftp.open(folder, "rb") as f:
-                    await f.fsync()
-            except (asyncssh.SFTPOpUnsupported, asyncssh.SFTPFailure):
-                pass  # no fsync@openssh.com, or folders cannot be opened: best effort
+                f = await sftp.open(folder, "rb")
+            except (asyncssh.SFTPFailure, asyncssh.SFTPPermissionDenied):
+                return  # a server that does not open folders: its own pace then
+            async with f:
+                await _fsync(f)  # a failing fsync is an error, not a shrug
 
         self.call(lambda s: s.run(fsync(s.sftp)))
 
