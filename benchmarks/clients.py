@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from servers import Proc, ProcessPool, http_get, http_request
+from stores import Store
 
 
 class ClientError(RuntimeError):
@@ -178,23 +179,11 @@ class Clients:
         out["process_cpu_s"] = cpu
         return out
 
-    def s3put(
-        self, endpoint: str, bucket: str, key: str, path: Path, timeout: float
-    ) -> dict[str, Any]:
-        """s3fs `put_file` in a process of its own: the S3 limit."""
-        out, _ = self._run_loadgen(
-            "s3fs put_file",
-            timeout,
-            "s3put",
-            "--endpoint",
-            endpoint,
-            "--bucket",
-            bucket,
-            "--key",
-            key,
-            str(path),
-        )
-        return out
+    def put(self, store: Store, target: str, path: Path, timeout: float) -> dict[str, Any]:
+        """The store's own library's `put_file`, in a process of its own: the limit."""
+        args = ["put", "--protocol", store.protocol, "--options", json.dumps(store.fs_options)]
+        args += ["--target", target, *(["--makedirs"] if store.makedirs else []), str(path)]
+        return self._run_loadgen(f"{store.protocol} put_file", timeout, *args)[0]
 
     def start_probe(
         self, pool: ProcessPool, url: str, interval: float, max_seconds: float

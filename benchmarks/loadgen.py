@@ -1,13 +1,13 @@
-"""The programs the harness runs in child processes: upload clients, a /healthz prober,
-a raw s3fs uploader and a memory prefaulter.
+"""The programs the harness runs in child processes: upload clients, a /healthz prober, a
+storage library's own `put_file`, and a memory prefaulter.
 
 Why child processes: a client sharing the harness's (or the server's) interpreter would share
 its GIL and CPU accounting. In a process of its own each client's CPU is its own, taken from
 `resource.getrusage(RUSAGE_SELF)` here and reported in its output. Each subcommand prints one
-JSON object on its last stdout line. Standard library only (plus s3fs for `s3put`), so the
-figures do not depend on an HTTP client library's overhead. Timestamps are
-`time.monotonic()`: CLOCK_MONOTONIC is one clock for all processes on Linux, so the harness
-can line up a prober's samples with an upload's start and end.
+JSON object on its last stdout line. Standard library only (plus fsspec and the storage
+library for `put`), so the figures do not depend on an HTTP client library's overhead.
+Timestamps are `time.monotonic()`: CLOCK_MONOTONIC is one clock for all processes on Linux,
+so the harness can line up a prober's samples with an upload's start and end.
 
 Run as `python benchmarks/loadgen.py SUBCOMMAND ...`; `--help` lists them.
 """
@@ -215,23 +215,27 @@ def cmd_probe(args: argparse.Namespace) -> None:
     emit({"samples": samples})
 
 
-# ---------------------------------------------------------------- raw s3fs put_file
+# ---------------------------------------------------------------- a library's own put_file
 
 
-def cmd_s3put(args: argparse.Namespace) -> None:
-    """The S3 limit: s3fs's own `put_file` of the file into moto, as a user of s3fs would.
-    Only the `put_file` call is timed; the object is removed after."""
-    import s3fs  # imported here: the other subcommands must not need it
+def cmd_put(args: argparse.Namespace) -> None:
+    """The limit of a remote store: the fsspec library's own `put_file` of the file into
+    the same emulator (s3fs, adlfs, gcsfs or sshfs, by `--protocol`), as a user of that
+    library would upload it. Only the `put_file` call is timed; the object is removed after.
+    `--options` are the filesystem's constructor arguments, as JSON."""
+    import fsspec  # imported here: the other subcommands must not need it
 
-    fs = s3fs.S3FileSystem(endpoint_url=args.endpoint, skip_instance_cache=True)
-    target = f"{args.bucket}/{args.key}"
+    options = json.loads(args.options)
+    fs = fsspec.filesystem(args.protocol, skip_instance_cache=True, **options)
+    if args.makedirs:  # sshfs, unlike the object stores, needs the folder to exist
+        fs.makedirs(args.target.rsplit("/", 1)[0], exist_ok=True)
     cpu0 = cpu_self()
     t0 = time.monotonic()
-    fs.put_file(args.file, target)
+    fs.put_file(args.file, args.target)
     seconds = time.monotonic() - t0
     cpu = cpu_self() - cpu0
-    info = fs.info(target)
-    fs.rm_file(target)
+    info = fs.info(args.target)
+    fs.rm_file(args.target)
     emit({"seconds": seconds, "cpu_s": cpu, "stored_bytes": int(info["size"])})
 
 
@@ -280,12 +284,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-timeout", type=float, default=10.0)
     p.set_defaults(func=cmd_probe)
 
-    p = sub.add_parser("s3put", help="s3fs put_file of one file")
-    p.add_argument("--endpoint", required=True)
-    p.add_argument("--bucket", required=True)
-    p.add_argument("--key", required=True)
+    p = sub.add_parser("put", help="an fsspec library's own put_file of one file")
+    p.add_argument("--protocol", required=True, help="s3, az, gs or ssh")
+    p.add_argument("--options", default="{}", help="the filesystem's arguments, as JSON")
+    p.add_argument("--target", required=True, help="where to put it, in the library's terms")
+    p.add_argument("--makedirs", action="store_true", help="create the target's folder first")
     p.add_argument("file")
-    p.set_defaults(func=cmd_s3put)
+    p.set_defaults(func=cmd_put)
 
     p = sub.add_parser("prefault", help="fault in and release anonymous memory")
     p.add_argument("bytes", type=int)

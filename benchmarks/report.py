@@ -7,10 +7,11 @@ figures on a shared VM drift from run to run while ratios measured in the same r
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from scenarios import ConcurrencyResult, HealthResult, Row
+from stores import EMULATORS, TITLES
 from targets import Results, Target
 from workspace import MiB, human_size
 
@@ -21,7 +22,15 @@ def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
     return DASH if value is None else f"{value:,.{digits}f}{suffix}"
 
 
-TEXT_COLUMNS = {"row", "app", "target", "rule", "verdict", "note"}
+TEXT_COLUMNS = {
+    "row",
+    "app",
+    "storage",
+    "target",
+    "rule",
+    "verdict",
+    "note",
+}
 
 
 def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> str:
@@ -34,9 +43,8 @@ def markdown_table(headers: Sequence[str], lines: Sequence[Sequence[str]]) -> st
 
 def row_label(row: Row) -> str:
     if row.mode == "limit":
-        where = "local disk" if row.storage == "local" else "moto"
-        return f"limit: {row.app} ({where})"
-    return f"{row.app} {'S3' if row.storage == 's3' else row.storage} {row.mode}"
+        return f"limit: {row.app} ({EMULATORS.get(row.storage, 'local disk')})"
+    return f"{row.app} {TITLES[row.storage]} {row.mode}"
 
 
 def row_note(row: Row) -> str:
@@ -47,8 +55,10 @@ def row_note(row: Row) -> str:
         notes.append(f"202 at {row.arrival_ratio:.2f}x the last byte's send time")
     if row.slowest_poll_ms is not None:
         notes.append(f"slowest status poll {row.slowest_poll_ms:,.0f} ms")
-    if row.mode == "limit" and row.storage == "s3":
-        notes.append("server CPU is moto's")
+    if row.mode == "limit" and row.storage in EMULATORS:
+        notes.append(f"server CPU is {EMULATORS[row.storage]}'s")
+    if row.mode == "limit" and row.storage == "sftp":
+        notes.append("sshfs's default cipher (ChaCha20); uploadsvc's prefers AES-GCM")
     if row.mode == "limit" and row.storage == "local":
         notes.append("client CPU is cp's + sync's")
     return "; ".join(notes)
@@ -154,27 +164,25 @@ def targets_table(targets: Sequence[Target]) -> str:
 
 
 def render(meta: dict[str, Any], results: Results, targets: Sequence[Target]) -> str:
+    """The report; a section whose rows were not asked for (`--rows`, `--apps`) is left out."""
+    sections: list[tuple[str, Sequence[Any], Callable[[Any], str]]] = [
+        ("Single uploads (median of runs)", results.rows, throughput_table),
+        ("Many small uploads at once (blocking, local)", results.concurrency, concurrency_table),
+        (
+            "/healthz latency from a separate process during a blocking upload",
+            results.healthz,
+            healthz_table,
+        ),
+    ]
     parts = [
         "# uploadsvc benchmark",
         "",
         ", ".join(f"{k}: {v}" for k, v in meta.items() if not isinstance(v, list | dict)),
-        "",
-        "## Single uploads (median of runs)",
-        "",
-        throughput_table(results.rows),
-        "",
-        "## Many small uploads at once (blocking, local)",
-        "",
-        concurrency_table(results.concurrency),
-        "",
-        "## /healthz latency from a separate process during a blocking upload",
-        "",
-        healthz_table(results.healthz),
-        "",
-        "## Targets",
-        "",
-        targets_table(targets),
     ]
+    for title, found, table in sections:
+        if found:
+            parts += ["", f"## {title}", "", table(found)]
+    parts += ["", "## Targets", "", targets_table(targets)]
     notes = meta.get("notes") or []
     if notes:
         parts += ["", "## Notes", "", *(f"- {n}" for n in notes)]

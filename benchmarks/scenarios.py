@@ -1,5 +1,6 @@
-"""What each benchmark row measures, and how: limits, single uploads, 64 small uploads at once,
-and /healthz latency during a big upload.
+"""What each benchmark row measures, and how: limits (`cp`+`sync`, and each remote store's own
+library's `put_file` into its emulator), single uploads, 64 small uploads at once, and
+/healthz latency during a big upload.
 
 Rules every row follows, so rows can be compared:
   * a fresh server process per row, so its VmHWM (peak RSS) belongs to that row alone;
@@ -37,14 +38,15 @@ from typing import Any, TypeVar
 
 import clients
 import servers
+import stores
 from clients import Clients, UploadResult
 from servers import ProcessPool, Server
+from stores import LIBRARIES, Store
 from workspace import GiB, MiB, SourceFile, Workspace, before_timed_run
 
 T = TypeVar("T")
 UPLOADSVC = "uploadsvc"
 BASELINE = "baseline"
-BUCKET = "uploadsvc-bench"
 
 
 class BenchError(RuntimeError):
@@ -63,7 +65,7 @@ class Bench:
     pool: ProcessPool
     clients: Clients
     runs: int
-    moto: Server | None = None
+    stores: dict[str, Store] = field(default_factory=dict)  # emulators running now, by kind
     row_counter: int = 0
 
     @property
@@ -77,10 +79,10 @@ class Bench:
         self.row_counter += 1
         return f"{self.row_counter:02d}-{stem}"
 
-    def moto_url(self) -> str:
-        if self.moto is None:
-            raise BenchError("moto is not running")
-        return self.moto.base_url
+    def store(self, kind: str) -> Store:
+        if kind not in self.stores:
+            raise BenchError(f"no {stores.EMULATORS.get(kind, kind)} is running for {kind} rows")
+        return self.stores[kind]
 
 
 @dataclass
@@ -88,7 +90,7 @@ class Row:
     """One line of the throughput table: a limit or an app's upload path at one file size."""
 
     app: str  # "uploadsvc", "baseline", or the limit's name
-    storage: str  # "local" or "s3"
+    storage: str  # "local", "s3", "azure", "gcs" or "sftp"
     mode: str  # "limit", "blocking", "background 202", "background completed"
     size: int
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -206,49 +208,40 @@ def measure_cp_sync(bench: Bench, src: SourceFile) -> Row:
     return row
 
 
-def measure_s3fs_put(bench: Bench, src: SourceFile) -> Row:
-    """s3fs `put_file` into the same moto server: what moto allows. moto's own CPU is given in
-    the server column, since moto is what limits S3 here (about 10 CPU s per GiB)."""
-    row = Row("s3fs put_file", "s3", "limit", src.size)
-    assert bench.moto is not None
+def measure_put_file(bench: Bench, store: Store, src: SourceFile) -> Row:
+    """The store's own library's `put_file` into the same emulator: what the emulator allows.
+    The emulator's CPU is given in the server column, since it is what limits these rows
+    (moto, for one, spends about 10 CPU s per GiB)."""
+    row = Row(f"{LIBRARIES[store.kind]} put_file", store.kind, "limit", src.size)
     for i in range(bench.runs):
         bench.prepare(src.size)
-        cpu0 = bench.moto.cpu_seconds()
-        out = bench.clients.s3put(
-            bench.moto_url(),
-            BUCKET,
-            f"limit/{src.size}-{i}.bin",
-            src.path,
-            timeout=upload_timeout(src.size) + 60,
+        cpu0 = store.cpu_seconds()
+        out = bench.clients.put(
+            store, store.target(f"limit/{src.size}-{i}.bin"), src.path, upload_timeout(src.size)
         )
         if int(out["stored_bytes"]) != src.size:
-            raise BenchError(f"s3fs stored {out['stored_bytes']} bytes of {src.size}")
+            raise BenchError(f"{row.app} stored {out['stored_bytes']} bytes of {src.size}")
         row.runs.append(
             {
                 "seconds": float(out["seconds"]),
                 "client_cpu_s": float(out["cpu_s"]),
-                "server_cpu_s": bench.moto.cpu_seconds() - cpu0,
+                "server_cpu_s": store.cpu_seconds() - cpu0,
             }
         )
     row.summarise()
     return row
 
 
-def start_moto(bench: Bench) -> None:
-    """moto in its own process and the benchmark bucket in it, created with boto3."""
-    import boto3  # only the S3 rows need it; run.py checks it is installed
-
-    bench.moto = servers.start_moto(
-        bench.pool, python=bench.python, env=bench.env, workdir=bench.ws.dir("moto")
-    )
-    s3 = boto3.client("s3", endpoint_url=bench.moto.base_url, region_name="us-east-1")
-    s3.create_bucket(Bucket=BUCKET)
-
-
-def stop_moto(bench: Bench) -> None:
-    if bench.moto is not None:
-        bench.pool.stop(bench.moto.proc)
-        bench.moto = None
+@contextmanager
+def emulator(bench: Bench, kind: str) -> Iterator[Store]:
+    """A fresh emulator of `kind` (see stores.py) for the rows run inside the block."""
+    workdir = bench.ws.dir(f"emulators/{bench.fresh_name(kind)}")
+    with stores.running(kind, workdir) as store:
+        bench.stores[kind] = store
+        try:
+            yield store
+        finally:
+            del bench.stores[kind]
 
 
 # ---------------------------------------------------------------- the apps
@@ -271,41 +264,59 @@ class AppUnderTest:
         os.sync()
 
 
+def fresh_root(bench: Bench, storage: str, name: str) -> tuple[str, dict[str, Any]]:
+    """A storage URL and options nothing has written to yet: a new local folder, or a new
+    prefix in the running emulator's bucket."""
+    if storage == "local":
+        return f"file://{bench.ws.dir(f'rows/{name}') / 'store'}", {}
+    store = bench.store(storage)
+    return store.url(name), dict(store.options)
+
+
+@contextmanager
+def serving(bench: Bench, name: str, root: tuple[str, dict[str, Any]]) -> Iterator[Server]:
+    """A fresh `uploadsvc serve` on `root`, its staging folder beside its log; stopped after."""
+    workdir = bench.ws.dir(f"rows/{name}")
+    url, options = root
+    server = servers.start_uploadsvc(
+        bench.pool,
+        python=bench.python,
+        env=bench.env,
+        workdir=workdir,
+        storage_url=url,
+        storage_options=options,
+        staging=workdir / "staging",
+        name=name,
+    )
+    try:
+        yield server
+    finally:
+        bench.pool.stop(server.proc)
+
+
 @contextmanager
 def running_app(bench: Bench, app: str, storage: str, stem: str) -> Iterator[AppUnderTest]:
-    """A fresh server of `app` writing to a fresh local folder or S3 prefix; stopped after."""
+    """A fresh server of `app` writing to a fresh local folder or bucket prefix; stopped after."""
     name = bench.fresh_name(f"{app}-{storage}-{stem}")
+    if app == UPLOADSVC:
+        with serving(bench, name, fresh_root(bench, storage, name)) as server:
+            yield AppUnderTest(app, server, None)
+        return
+    if storage != "local":
+        raise BenchError("the baseline app only writes to a local folder")
     workdir = bench.ws.dir(f"rows/{name}")
     store = workdir / "store"
-    if app == BASELINE:
-        if storage != "local":
-            raise BenchError("the baseline app only writes to a local folder")
-        server = servers.start_baseline(
-            bench.pool,
-            python=bench.python,
-            env=bench.env,
-            bench_dir=bench.bench_dir,
-            workdir=workdir,
-            upload_dir=store,
-            name=name,
-        )
-    else:
-        if storage == "local":
-            url, options = f"file://{store}", {}
-        else:
-            url, options = f"s3://{BUCKET}/{name}", {"endpoint_url": bench.moto_url()}
-        server = servers.start_uploadsvc(
-            bench.pool,
-            python=bench.python,
-            env=bench.env,
-            workdir=workdir,
-            storage_url=url,
-            storage_options=options,
-            staging=workdir / "staging",
-            name=name,
-        )
+    server = servers.start_baseline(
+        bench.pool,
+        python=bench.python,
+        env=bench.env,
+        bench_dir=bench.bench_dir,
+        workdir=workdir,
+        upload_dir=store,
+        name=name,
+    )
     try:
-        yield AppUnderTest(app, server, store if app == BASELINE else None)
+        yield AppUnderTest(app, server, store)
     finally:
         bench.pool.stop(server.proc)
 

@@ -2,15 +2,19 @@
 
 Why a module of its own: every process the harness starts has to die at the end, even when
 a row fails half-way or the user presses Ctrl-C. `ProcessPool` is the one place that starts
-processes (each in a session of its own, so a server's helpers die with it) and the one
-place that stops them, so that promise is checked in one spot.
+the servers and clients under test (each in a session of its own, so a server's helpers die
+with it) and the one place that stops them, so that promise is checked in one spot. The
+emulators are the exception: the test suite's own context managers start and stop them
+(see stores.py), and the harness enters them in `with` blocks that end on any way out.
 
 Costs are read from outside the server, from /proc, the way an operator would see them:
   * peak RSS is `VmHWM` from /proc/PID/status, the kernel's own high-water mark. It only ever
     grows, which is why the harness starts a fresh server for every row.
   * CPU is utime + stime from /proc/PID/stat (clock ticks; 10 ms on this kernel). Children's
     cutime/cstime are not added. If the server forked helpers, the live ones are summed in;
-    `uploadsvc serve` and `uvicorn` with one worker run everything in the one process.
+    `uploadsvc serve` and `uvicorn` with one worker run everything in the one process. An
+    emulator's CPU adds its ended children's (sshd serves each connection in processes
+    that end with it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 HOST = "127.0.0.1"  # the only address the harness ever listens on or connects to
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -114,7 +119,7 @@ class ProcessPool:
                 stream.close()
 
     def close(self) -> None:
-        """Stop everything still running, newest first (servers before the moto they use)."""
+        """Stop everything still running, newest first."""
         for proc in reversed(list(self._procs)):
             try:
                 self.stop(proc)
@@ -233,7 +238,7 @@ def start_uploadsvc(
     env: Mapping[str, str],
     workdir: Path,
     storage_url: str,
-    storage_options: Mapping[str, str],
+    storage_options: Mapping[str, Any],
     staging: Path,
     name: str,
 ) -> Server:
@@ -242,7 +247,10 @@ def start_uploadsvc(
     config = workdir / f"{name}.toml"
     config.write_text(
         uploadsvc_config(
-            port=port, storage_url=storage_url, options=storage_options, staging=staging
+            port=port,
+            storage_url=storage_url,
+            options=storage_options,
+            staging=staging,
         )
     )
     argv = [python, "-m", "uploadsvc", "serve", "--config", str(config)]
@@ -251,10 +259,15 @@ def start_uploadsvc(
 
 
 def uploadsvc_config(
-    *, port: int, storage_url: str, options: Mapping[str, str], staging: Path
+    *,
+    port: int,
+    storage_url: str,
+    options: Mapping[str, Any],
+    staging: Path,
 ) -> str:
     """The TOML file for one benchmark server. JSON string syntax is valid TOML basic-string
-    syntax, so `json.dumps` quotes paths and URLs safely without a TOML writer."""
+    syntax, so `json.dumps` quotes paths and URLs safely without a TOML writer (and writes
+    the lists some storage options hold as valid TOML arrays)."""
     lines = [
         "[server]",
         f"host = {json.dumps(HOST)}",
@@ -320,20 +333,6 @@ def _start_app(
     return Server(proc, port)
 
 
-def start_moto(pool: ProcessPool, *, python: str, env: Mapping[str, str], workdir: Path) -> Server:
-    """moto's S3 server as its own process, so its CPU never counts against the service."""
-    port = free_port()
-    argv = [python, "-m", "moto.server", "-H", HOST, "-p", str(port)]
-    proc = pool.start("moto", argv, env=env, cwd=workdir)
-    server = Server(proc, port)
-    try:
-        wait_ready(proc, port, "/")
-    except ServerStartError:
-        pool.stop(proc)
-        raise
-    return server
-
-
 # ---------------------------------------------------------------- /proc readers
 
 
@@ -363,10 +362,14 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of one process (all its threads, living or ended), in seconds."""
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime + stime of one process (all its threads, living or ended), in seconds; with
+    `reaped_children`, also cutime + cstime: what its children used that it waited for."""
     fields = _stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLOCK_TICKS
 
 
 def peak_rss_bytes(pid: int) -> int:
@@ -377,11 +380,13 @@ def peak_rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def tree_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """CPU of `pid` and its live descendants; with `reaped_children`, also of the ended ones
+    (each counted once: an ended process's time is in its reaper's cutime + cstime)."""
     total = 0.0
     for member in process_tree(pid):
         with contextlib.suppress(OSError, ValueError, IndexError):
-            total += cpu_seconds(member)
+            total += cpu_seconds(member, reaped_children)
     return total
 
 

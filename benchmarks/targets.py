@@ -1,4 +1,5 @@
-"""The targets issue 10 sets, judged against one run's figures: PASS, MISS, or n/a.
+"""The targets issue 10 sets, and those of the issue "pluggable storage", judged against one
+run's figures: PASS, MISS, or n/a.
 
 Kept apart from the measuring so the rules can be read in one place. Each target names the
 rows it reads; a target whose rows are missing or failed is "n/a", never a PASS. Sizes are
@@ -16,14 +17,21 @@ Two choices the issue left open:
     bytes; a larger one means the server waited for something after they arrived.
 And one rule stricter than "median of runs": the /healthz max is the slowest probe of all
 runs, since a maximum promises a worst case.
+
+"Pluggable storage" asks each backend's blocking upload of the small file (256 MiB) to reach
+0.9x its own library's `put_file` into the same emulator, at a server peak RSS under 160 MiB
+(S3's are among issue 10's targets above); the RSS rule is read over the blocking and the
+background row, as issue 10's is for S3.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from scenarios import BASELINE, UPLOADSVC, ConcurrencyResult, HealthResult, Row
+from stores import LIBRARIES, TITLES
 from workspace import MiB, human_size
 
 
@@ -42,6 +50,11 @@ class Results:
     rows: list[Row]
     concurrency: list[ConcurrencyResult]
     healthz: list[HealthResult]
+
+    def errors(self) -> list[str]:
+        """Why each failed figure failed: any makes the run's exit status 1."""
+        parts: list[list[Any]] = [self.rows, self.concurrency, self.healthz]
+        return [item.error for part in parts for item in part if item.error]
 
     def row(self, app: str, storage: str, mode: str, size: int) -> Row | None:
         for row in self.rows:
@@ -89,8 +102,39 @@ def _limit_scaling(res: Results, storage: str, small: int, large: int, name: str
     return "" if ratio is None else f"{name} itself: {ratio:.2f}x"
 
 
-def evaluate(res: Results, small: int, large: int, healthz_size: int) -> list[Target]:
-    """Every target of the issue, in the order the issue lists them."""
+def evaluate(
+    res: Results, small: int, large: int, healthz_size: int, backends: list[str]
+) -> list[Target]:
+    """Every target: issue 10's in the order it lists them, then each backend's."""
+    return _issue_10(res, small, large, healthz_size) + [
+        t for kind in backends for t in _backend(res, kind, small)
+    ]
+
+
+def _backend(res: Results, kind: str, small: int) -> list[Target]:
+    blocking = res.row(UPLOADSVC, kind, "blocking", small)
+    background = res.row(UPLOADSVC, kind, "background completed", small)
+    title, s = TITLES[kind], human_size(small)
+    return [
+        _judge(
+            f"{title} blocking {s}: x {LIBRARIES[kind]} put_file",
+            None if blocking is None else blocking.ratio,
+            ">=",
+            0.9,
+            "x",
+        ),
+        _judge(
+            f"peak RSS, {title} rows {s}",
+            _max_mib(*(None if r is None else r.peak_rss_bytes for r in (blocking, background))),
+            "<",
+            160,
+            "MiB",
+        ),
+    ]
+
+
+def _issue_10(res: Results, small: int, large: int, healthz_size: int) -> list[Target]:
+    """Issue 10's targets, in the order the issue lists them."""
     s, big, h = human_size(small), human_size(large), human_size(healthz_size)
     local_l = res.row(UPLOADSVC, "local", "blocking", large)
     local_s = res.row(UPLOADSVC, "local", "blocking", small)
