@@ -108,18 +108,22 @@ class Clients:
 
     def _run_loadgen(self, what: str, timeout: float, *args: str) -> tuple[dict[str, Any], float]:
         """Run one loadgen command; its JSON answer and the CPU its process used."""
+        return self._run(what, timeout, self._loadgen(*args))
+
+    def _run(self, what: str, timeout: float, argv: list[str]) -> tuple[dict[str, Any], float]:
         cpu0 = children_cpu()
         done = subprocess.run(
-            self._loadgen(*args),
-            env=dict(self.env),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
+            argv, env=dict(self.env), capture_output=True, text=True, timeout=timeout
         )
         cpu = children_cpu() - cpu0
         if done.returncode != 0:
             raise ClientError(f"{what} failed: {done.stderr[-800:]}")
         return last_json_line(done.stdout, what), cpu
+
+    def storetool(self, what: str, timeout: float, *args: str) -> dict[str, Any]:
+        """Run one storetool.py command (records written or read through uploadsvc's code)."""
+        argv = [self.python, str(self.loadgen.parent / "storetool.py"), *args]
+        return self._run(what, timeout, argv)[0]
 
     def upload(self, url: str, path: Path, timeout: float) -> UploadResult:
         """POST `path` as multipart field `file`; wall time and CPU of the client process."""
@@ -184,6 +188,20 @@ class Clients:
         args = ["put", "--protocol", store.protocol, "--options", json.dumps(store.fs_options)]
         args += ["--target", target, *(["--makedirs"] if store.makedirs else []), str(path)]
         return self._run_loadgen(f"{store.protocol} put_file", timeout, *args)[0]
+
+    def burst(
+        self, url: str, count: int, size: int, kill_pid: int | None, timeout: float
+    ) -> dict[str, Any]:
+        """`count` background uploads accepted at once; then SIGKILL to `kill_pid`, if given."""
+        args = ["burst", url, "--count", str(count), "--size", str(size)]
+        args += ["--timeout", str(timeout)]
+        args += ["--kill-pid", str(kill_pid)] if kill_pid else []
+        return self._run_loadgen("burst client", timeout + 30, *args)[0]
+
+    def get_times(self, url: str, count: int, timeout: float) -> dict[str, Any]:
+        """`count` sequential GETs of `url`: each one's seconds and status."""
+        args = ["get", url, "--count", str(count), "--timeout", str(timeout)]
+        return self._run_loadgen("GET client", timeout * count + 30, *args)[0]
 
     def start_probe(
         self, pool: ProcessPool, url: str, interval: float, max_seconds: float

@@ -1,5 +1,6 @@
 """The programs the harness runs in child processes: upload clients, a /healthz prober, a
-storage library's own `put_file`, and a memory prefaulter.
+burst of background uploads that ends in a SIGKILL, a GET timer, a storage library's own
+`put_file`, and a memory prefaulter.
 
 Why child processes: a client sharing the harness's (or the server's) interpreter would share
 its GIL and CPU accounting. In a process of its own each client's CPU is its own, taken from
@@ -17,12 +18,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import http.client
 import json
 import mmap
 import os
 import resource
 import secrets
+import signal
 import sys
 import threading
 import time
@@ -215,6 +218,103 @@ def cmd_probe(args: argparse.Namespace) -> None:
     emit({"samples": samples})
 
 
+# ---------------------------------------------------------------- a burst of uploads, then SIGKILL
+
+
+async def _held_upload(
+    port: int, path: str, payload: bytes, index: int, go: asyncio.Event
+) -> tuple[int, bytes]:
+    """One upload whose body is sent but for its closing boundary, which waits for `go`:
+    the service cannot accept an upload before its last bytes, so every upload of a burst
+    is accepted within a few milliseconds of the others."""
+    content_type, head, tail = multipart_frame(f"burst-{index}.bin")
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"Content-Type: {content_type}\r\n"
+        f"Content-Length: {len(head) + len(payload) + len(tail)}\r\n"
+        "Accept: application/json\r\nConnection: close\r\n\r\n"
+    ).encode()
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.writelines([request, head, payload])
+        await writer.drain()
+        await go.wait()
+        writer.write(tail)
+        await writer.drain()
+        status_line = await reader.readline()
+        rest = await reader.read()  # headers and body, until the server closes
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    parts = status_line.split()
+    return (int(parts[1]) if len(parts) > 1 else 0), rest.partition(b"\r\n\r\n")[2]
+
+
+async def _burst(args: argparse.Namespace, payloads: list[bytes]) -> dict[str, Any]:
+    port, path = split_url(args.url)
+    go = asyncio.Event()
+    tasks = [
+        asyncio.create_task(_held_upload(port, path, p, i, go)) for i, p in enumerate(payloads)
+    ]
+    # Bodies on their way; the server has read most of them once our sends stop blocking.
+    await asyncio.sleep(args.settle)
+    go.set()
+    t_go = time.monotonic()
+    answers = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), args.timeout)
+    t_answered = time.monotonic()
+    t_killed = None
+    if args.kill_pid:
+        os.kill(args.kill_pid, signal.SIGKILL)
+        t_killed = time.monotonic()
+    uploads: list[dict[str, Any]] = []
+    for payload, answer in zip(payloads, answers, strict=True):
+        if isinstance(answer, BaseException):
+            uploads.append({"status": 0, "error": repr(answer)})
+            continue
+        status, body = answer
+        upload: dict[str, Any] = {"status": status, "sha256": hashlib.sha256(payload).hexdigest()}
+        try:
+            upload["id"] = json.loads(body)["id"]
+        except (ValueError, KeyError, TypeError):
+            upload["error"] = body[:300].decode(errors="replace")
+        uploads.append(upload)
+    return {"uploads": uploads, "t_go": t_go, "t_answered": t_answered, "t_killed": t_killed}
+
+
+def cmd_burst(args: argparse.Namespace) -> None:
+    """`count` background uploads of `size` random bytes accepted at once, then (with
+    `--kill-pid`) SIGKILL to the server the moment the last answer is in: the harness's
+    way to leave accepted uploads mid-work. Killing from here, not from the harness, saves
+    the ~50 ms a process exit and a JSON parse would give the jobs to finish."""
+    payloads = [os.urandom(args.size) for _ in range(args.count)]
+    emit(asyncio.run(_burst(args, payloads)))
+
+
+# ---------------------------------------------------------------- GET latency
+
+
+def cmd_get(args: argparse.Namespace) -> None:
+    """`count` sequential GETs of one URL on fresh connections; each one's seconds and
+    status. A fresh connection per request, as separate clients would come, so no request
+    rides on another's warmed-up connection."""
+    port, path = split_url(args.url)
+
+    def get() -> tuple[float, int, int]:
+        t0 = time.monotonic()
+        conn = http.client.HTTPConnection(HOST, port, timeout=args.timeout)
+        try:
+            conn.request("GET", path, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        return time.monotonic() - t0, resp.status, len(body)
+
+    samples = [get() for _ in range(args.count)]
+    emit({"seconds": [s for s, _, _ in samples], "statuses": [c for _, c, _ in samples]})
+
+
 # ---------------------------------------------------------------- a library's own put_file
 
 
@@ -283,6 +383,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--max-seconds", type=float, default=300.0)
     p.add_argument("--probe-timeout", type=float, default=10.0)
     p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("burst", help="background uploads accepted at once, then SIGKILL")
+    p.add_argument("url")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--size", type=int, default=4 << 20)
+    p.add_argument("--settle", type=float, default=0.5, help="seconds before the last bytes")
+    p.add_argument("--kill-pid", type=int, help="SIGKILL this process once all answered")
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.set_defaults(func=cmd_burst)
+
+    p = sub.add_parser("get", help="sequential GETs of one URL, each timed")
+    p.add_argument("url")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=60.0)
+    p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("put", help="an fsspec library's own put_file of one file")
     p.add_argument("--protocol", required=True, help="s3, az, gs or ssh")

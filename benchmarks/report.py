@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from listing import ListingResult
+from recovery import RecoveryResult
 from scenarios import ConcurrencyResult, HealthResult, Row
 from stores import EMULATORS, TITLES
 from targets import Results, Target
@@ -30,6 +32,7 @@ TEXT_COLUMNS = {
     "rule",
     "verdict",
     "note",
+    "interrupted at SIGKILL, per run",
 }
 
 
@@ -151,6 +154,62 @@ def healthz_table(results: Sequence[HealthResult]) -> str:
     return markdown_table(headers, lines)
 
 
+def listing_table(results: Sequence[ListingResult]) -> str:
+    headers = [
+        "storage",
+        "records",
+        "requests",
+        "p50 ms",
+        "p95 ms",
+        "max ms",
+        "server CPU ms/request",
+        "Storage.list ms",
+        "seeded in s",
+        "note",
+    ]
+    lines = [
+        [
+            TITLES[r.storage],
+            f"{r.records:,}",
+            fmt(r.requests),
+            fmt(r.p50_ms, 1),
+            fmt(r.p95_ms, 1),
+            fmt(r.max_ms, 1),
+            fmt(r.server_cpu_ms, 1),
+            fmt(r.store_list_ms, 1),
+            fmt(r.seed_s, 1),
+            f"ERROR: {r.error[:120]}" if r.error else "",
+        ]
+        for r in results
+    ]
+    return markdown_table(headers, lines)
+
+
+def recovery_table(results: Sequence[RecoveryResult]) -> str:
+    headers = [
+        "storage",
+        "uploads",
+        "lease s",
+        "ready s",
+        "all completed s",
+        "after leases s",
+        "interrupted at SIGKILL, per run",
+    ]
+    lines = [
+        [
+            TITLES[r.storage],
+            f"{r.uploads} x {human_size(r.size)}",
+            fmt(r.lease_s, 1),
+            fmt(r.ready_s, 2),
+            fmt(r.recovered_s, 2),
+            fmt(r.after_leases_s, 2),
+            f"ERROR: {r.error[:120]}" if r.error else r.interrupted or "",
+        ]
+        for r in results
+    ]
+    return markdown_table(headers, lines)
+
+
 def targets_table(targets: Sequence[Target]) -> str:
     def value(t: Target) -> str:
         if t.value is None:
@@ -172,6 +231,16 @@ def render(meta: dict[str, Any], results: Results, targets: Sequence[Target]) ->
             "/healthz latency from a separate process during a blocking upload",
             results.healthz,
             healthz_table,
+        ),
+        (
+            "Listing: GET /uploads?limit=100, 20 requests per store size (uploadsvc)",
+            results.listing,
+            listing_table,
+        ),
+        (
+            "Recovery: restart after SIGKILL until every interrupted upload is completed",
+            results.recovery,
+            recovery_table,
         ),
     ]
     parts = [
@@ -200,5 +269,7 @@ def to_json(meta: dict[str, Any], results: Results, targets: Sequence[Target]) -
         "rows": rows,
         "concurrency": [dataclasses.asdict(c) for c in results.concurrency],
         "healthz": [dataclasses.asdict(h) for h in results.healthz],
+        "listing": [dataclasses.asdict(r) for r in results.listing],
+        "recovery": [dataclasses.asdict(r) for r in results.recovery],
         "targets": [dataclasses.asdict(t) for t in targets],
     }

@@ -14,12 +14,15 @@ What is measured, in this order:
   1. the disk's limit: `cp FILE DEST && sync` of the same files;
   2. the baseline app (benchmarks/baseline_app.py): blocking uploads to a local folder,
      64 concurrent 1 MiB uploads, /healthz latency during a big upload;
-  3. uploadsvc, local folder: blocking and background uploads, the same two other rows;
+  3. uploadsvc, local folder: blocking and background uploads, the same two other rows,
+     recovery after SIGKILL (recovery.py) and listing cost (listing.py);
   4. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
-     `put_file` limit, uploadsvc's blocking and background uploads;
+     `put_file` limit, uploadsvc's blocking and background uploads, recovery, listing;
   5. one row per other storage backend, each against a fresh emulator: the library's own
-     `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking upload of the same file.
-How each row is timed is in scenarios.py; the targets and their reading in targets.py.
+     `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking and background uploads of
+     the same file.
+How each row is timed is in scenarios.py, listing.py and recovery.py; the targets and their
+reading in targets.py.
 
 Needs the project's dependencies, plus the `test` extra (moto[server], boto3, pytest, and
 each backend's library and emulator wrapper); a missing package is named at start, with the
@@ -46,9 +49,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import listing
+import recovery
 import report
 import scenarios
 from clients import Clients
+from listing import ListingResult
+from recovery import RecoveryResult
 from scenarios import BASELINE, UPLOADSVC, Bench, ConcurrencyResult, HealthResult, Row
 from servers import ProcessPool
 from stores import EMULATORS, LIBRARIES
@@ -68,14 +75,15 @@ class Plan:
     large: int
     healthz: int
     runs: int
+    records: list[int]  # store sizes the listing is measured at
 
 
-FULL = Plan(small=256 * MiB, large=1 * GiB, healthz=1 * GiB, runs=3)
-QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1)
+FULL = Plan(small=256 * MiB, large=1 * GiB, healthz=1 * GiB, runs=3, records=[100, 10_000])
+QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1, records=[100, 1_000])
 #: Storage backends with a row each beside S3's, in the order they run.
 BACKENDS = ["azure", "gcs", "sftp"]
 #: Groups of rows `--rows` can pick.
-ROW_GROUPS = ["uploads", "backends"]
+ROW_GROUPS = ["uploads", "recovery", "listing", "backends"]
 
 # Module name -> what to install. Checked before anything starts, so a missing package is
 # one clear line, not a server that dies with a traceback in a log file.
@@ -247,6 +255,26 @@ def measure_local_app(
     results.healthz.append(health or HealthResult(app, plan.healthz, error=error))
 
 
+def measure_recovery_and_listing(
+    bench: Bench, storage: str, rows: list[str], plan: Plan, results: Results
+) -> None:
+    """uploadsvc's recovery after SIGKILL, then its listing cost, on one storage."""
+    if "recovery" in rows:
+        rec, error = scenarios.attempt(
+            f"uploadsvc {storage} recovery after SIGKILL", partial(recovery.measure, bench, storage)
+        )
+        results.recovery.append(rec or RecoveryResult(storage, error=error))
+    if "listing" in rows:
+        counts = ", ".join(f"{n:,}" for n in plan.records)
+        found, error = scenarios.attempt(
+            f"uploadsvc {storage} GET /uploads with {counts} records",
+            partial(listing.measure, bench, storage, plan.records),
+        )
+        results.listing.extend(
+            found or [ListingResult(storage, n, error=error) for n in plan.records]
+        )
+
+
 def measure_cp_limits(
     bench: Bench, files: dict[int, SourceFile], plan: Plan, results: Results
 ) -> None:
@@ -262,10 +290,13 @@ def measure_s3(
     bench: Bench,
     with_uploadsvc: bool,
     srcs: list[SourceFile],
+    plan: Plan,
     rows: list[str],
     results: Results,
 ) -> str | None:
-    """moto, the s3fs limit, then uploadsvc's S3 rows; moto is stopped after.
+    """moto, the s3fs limit, then uploadsvc's S3 rows; moto is stopped after. The listing
+    comes last: it leaves thousands of small objects, and moto scans every key of a bucket
+    to list any prefix of it.
 
     Runs after every local row on purpose: moto and s3fs moving GiBs leave this VM's memory
     in a state that slowed the next local 1 GiB uploads by a third (baseline: 300 instead of
@@ -288,6 +319,8 @@ def measure_s3(
             if with_uploadsvc:
                 kinds = [("s3", "blocking"), ("s3", "background")]
                 measure_uploads(bench, UPLOADSVC, kinds, srcs, results)
+        if with_uploadsvc:
+            measure_recovery_and_listing(bench, "s3", rows, plan, results)
     return None
 
 
@@ -349,7 +382,7 @@ def run(
         clients=Clients(sys.executable, BENCH_DIR / "loadgen.py", env, kind=args.client),
         runs=plan.runs,
     )
-    results = Results([], [], [])
+    results = Results([], [], [], [], [])
     notes: list[str] = meta["notes"]
     sizes = sorted({plan.small, plan.large, plan.healthz})
     ws.check_space(sum(sizes) + 3 * max(sizes) + GiB)
@@ -370,9 +403,11 @@ def run(
             uploadsvc_ok = True
         if "uploads" in args.rows:
             measure_local_app(bench, app, files, plan, results)
+    if uploadsvc_ok:
+        measure_recovery_and_listing(bench, "local", args.rows, plan, results)
     if not args.no_s3:
         srcs = [files[plan.small], files[plan.large]]
-        problem = measure_s3(bench, uploadsvc_ok, srcs, args.rows, results)
+        problem = measure_s3(bench, uploadsvc_ok, srcs, plan, args.rows, results)
         if problem:
             notes.append(f"S3 rows skipped: {problem}")
             scenarios.log(notes[-1])

@@ -1,6 +1,7 @@
 """What each benchmark row measures, and how: limits (`cp`+`sync`, and each remote store's own
 library's `put_file` into its emulator), single uploads, 64 small uploads at once, and
-/healthz latency during a big upload.
+/healthz latency during a big upload. Listing cost and recovery after SIGKILL have modules
+of their own (listing.py, recovery.py) built on the servers and roots made here.
 
 Rules every row follows, so rows can be compared:
   * a fresh server process per row, so its VmHWM (peak RSS) belongs to that row alone;
@@ -274,9 +275,17 @@ def fresh_root(bench: Bench, storage: str, name: str) -> tuple[str, dict[str, An
 
 
 @contextmanager
-def serving(bench: Bench, name: str, root: tuple[str, dict[str, Any]]) -> Iterator[Server]:
-    """A fresh `uploadsvc serve` on `root`, its staging folder beside its log; stopped after."""
-    workdir = bench.ws.dir(f"rows/{name}")
+def serving(
+    bench: Bench,
+    name: str,
+    root: tuple[str, dict[str, Any]],
+    *,
+    workdir: Path | None = None,
+    jobs: Mapping[str, float] | None = None,
+) -> Iterator[Server]:
+    """A fresh `uploadsvc serve` on `root`, its staging folder in `workdir` (so a restart
+    given the same one finds what the last left there); stopped after."""
+    workdir = workdir or bench.ws.dir(f"rows/{name}")
     url, options = root
     server = servers.start_uploadsvc(
         bench.pool,
@@ -287,6 +296,7 @@ def serving(bench: Bench, name: str, root: tuple[str, dict[str, Any]]) -> Iterat
         storage_options=options,
         staging=workdir / "staging",
         name=name,
+        jobs=jobs,
     )
     try:
         yield server

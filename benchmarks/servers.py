@@ -241,6 +241,7 @@ def start_uploadsvc(
     storage_options: Mapping[str, Any],
     staging: Path,
     name: str,
+    jobs: Mapping[str, float] | None = None,
 ) -> Server:
     """`python -m uploadsvc serve --config ...`: the documented way to run the service."""
     port = free_port()
@@ -251,6 +252,7 @@ def start_uploadsvc(
             storage_url=storage_url,
             options=storage_options,
             staging=staging,
+            jobs=jobs or {},
         )
     )
     argv = [python, "-m", "uploadsvc", "serve", "--config", str(config)]
@@ -264,6 +266,7 @@ def uploadsvc_config(
     storage_url: str,
     options: Mapping[str, Any],
     staging: Path,
+    jobs: Mapping[str, float],
 ) -> str:
     """The TOML file for one benchmark server. JSON string syntax is valid TOML basic-string
     syntax, so `json.dumps` quotes paths and URLs safely without a TOML writer (and writes
@@ -284,6 +287,9 @@ def uploadsvc_config(
         "",
         "[limits]",
         "max_upload_bytes = 8589934592  # 8 GiB: the limit must never be what is measured",
+        "",
+        "[jobs]",
+        *(f"{key} = {value}" for key, value in jobs.items()),
         "",
         "[processing]",
         "pipeline = []",
