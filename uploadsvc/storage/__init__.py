@@ -7,6 +7,7 @@
     gcs.py     Google Cloud Storage           resumable session + generation preconditions
                (gcsapi.py: the small JSON API client it drives)
     sftp.py    a folder on an SSH server      part file + posix-rename + lock file
+               (sftpremote.py: its connections; sftplock.py: the lock on the server)
 """
 
 from __future__ import annotations

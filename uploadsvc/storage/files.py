@@ -119,7 +119,7 @@ class RenamingStorage(Storage):
         """Rename `part` onto `final` if `final` still has the etag `if_match`
         (`PreconditionFailed` if not), under the guard."""
         with self.guard():
-            if _etag_or_none(self, final) != if_match:
+            if etag_or_none(self, final) != if_match:
                 raise PreconditionFailed(f"{final} changed")
             self.fs.mv(part, final)
 
@@ -448,7 +448,7 @@ def _etag(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
-def _etag_or_none(storage: RenamingStorage, path: str) -> str | None:
+def etag_or_none(storage: RenamingStorage, path: str) -> str | None:
     try:
         return _etag(storage.fs.cat_file(path))
     except FileNotFoundError:

@@ -51,7 +51,7 @@ from typing import IO, Any, Self
 from urllib.parse import quote, unquote, urlsplit
 
 from ..errors import PreconditionFailed, StorageUnavailable
-from .files import FLUSH_EVERY, RenamingStorage, _etag_or_none
+from .files import FLUSH_EVERY, RenamingStorage, etag_or_none
 from .interface import Ability
 from .sftplock import ServerLock
 from .sftpremote import WRITE_WINDOW, PartFile, Remote, reason
@@ -126,7 +126,7 @@ class SFTPStorage(RenamingStorage):
         """Compare and rename under the server lock; a loser keeps the lock for
         its retry when other processes contend (sftplock.py, "Fairness")."""
         with self.lock.held() as hold:
-            if _etag_or_none(self, final) != if_match:
+            if etag_or_none(self, final) != if_match:
                 hold.keep_for_retry()
                 raise PreconditionFailed(f"{final} changed")
             self.fs.mv(part, final)
