@@ -164,6 +164,7 @@ def listing_table(results: Sequence[ListingResult]) -> str:
         "max ms",
         "server CPU ms/request",
         "Storage.list ms",
+        "start-up pass s",
         "seeded in s",
         "note",
     ]
@@ -177,6 +178,7 @@ def listing_table(results: Sequence[ListingResult]) -> str:
             fmt(r.max_ms, 1),
             fmt(r.server_cpu_ms, 1),
             fmt(r.store_list_ms, 1),
+            fmt(r.startup_s, 1),
             fmt(r.seed_s, 1),
             f"ERROR: {r.error[:120]}" if r.error else "",
         ]
