@@ -58,6 +58,8 @@ def row_note(row: Row) -> str:
         notes.append(f"202 at {row.arrival_ratio:.2f}x the last byte's send time")
     if row.slowest_poll_ms is not None:
         notes.append(f"slowest status poll {row.slowest_poll_ms:,.0f} ms")
+    if row.store_cpu_s_per_gib is not None:
+        notes.append(f"{EMULATORS[row.storage]}'s CPU {row.store_cpu_s_per_gib:.2f} s/GiB")
     if row.mode == "limit" and row.storage in EMULATORS:
         notes.append(f"server CPU is {EMULATORS[row.storage]}'s")
     if row.mode == "limit" and row.storage == "sftp":

@@ -101,6 +101,7 @@ class Row:
     peak_rss_bytes: int | None = None
     server_cpu_s_per_gib: float | None = None
     client_cpu_s_per_gib: float | None = None
+    store_cpu_s_per_gib: float | None = None  # the emulator's, for app rows on one
     arrival_ratio: float | None = None
     slowest_poll_ms: float | None = None  # background rows: the slowest status request
     error: str | None = None
@@ -126,6 +127,8 @@ class Row:
             self.client_cpu_s_per_gib = statistics.median(
                 r["client_cpu_s"] / gib for r in self.runs
             )
+        if all("store_cpu_s" in r for r in self.runs):
+            self.store_cpu_s_per_gib = statistics.median(r["store_cpu_s"] / gib for r in self.runs)
         if all("slowest_poll_s" in r for r in self.runs):
             self.slowest_poll_ms = 1000 * max(r["slowest_poll_s"] for r in self.runs)
         if self.mode == "background 202" and all(r.get("sent_seconds") for r in self.runs):
@@ -339,6 +342,17 @@ def check_stored(app: str, record: Mapping[str, Any], src: SourceFile) -> None:
         raise BenchError(f"{app} stored bytes with sha256 {record['sha256']}, sent {src.sha256}")
 
 
+def store_cpu(bench: Bench, storage: str) -> Callable[[], dict[str, float]]:
+    """Start reading the CPU of the emulator `storage` runs on; the function returned gives
+    what it used since, as a run's `store_cpu_s` (nothing for a local folder). Beside the
+    limit row's, it tells whether the emulator was what held a row back."""
+    store = bench.stores.get(storage)
+    if store is None:
+        return dict
+    cpu0 = store.cpu_seconds()
+    return lambda: {"store_cpu_s": store.cpu_seconds() - cpu0}
+
+
 def measure_blocking(bench: Bench, app: str, storage: str, src: SourceFile) -> Row:
     """POST /upload-blocking/ until the 201."""
     row = Row(app, storage, "blocking", src.size)
@@ -346,6 +360,7 @@ def measure_blocking(bench: Bench, app: str, storage: str, src: SourceFile) -> R
         for _ in range(bench.runs):
             bench.prepare(src.size)
             cpu0 = target.server.cpu_seconds()
+            emulator_cpu = store_cpu(bench, storage)
             result = bench.clients.upload(
                 target.server.base_url + "/upload-blocking/", src.path, upload_timeout(src.size)
             )
@@ -362,6 +377,7 @@ def measure_blocking(bench: Bench, app: str, storage: str, src: SourceFile) -> R
                     "server_cpu_s": cpu,
                     "client_cpu_s": result.client_cpu_s,
                     "client_process_cpu_s": result.client_process_cpu_s,
+                    **emulator_cpu(),
                 }
             )
             target.cleanup(result)
@@ -379,6 +395,7 @@ def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]
         for _ in range(bench.runs):
             bench.prepare(src.size)
             cpu0 = target.server.cpu_seconds()
+            emulator_cpu = store_cpu(bench, storage)
             result = bench.clients.upload(
                 target.server.base_url + "/upload-nonblocking/", src.path, upload_timeout(src.size)
             )
@@ -410,6 +427,7 @@ def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]
                     "seconds": t_done - result.t_start,
                     "slowest_poll_s": slowest_poll,
                     "server_cpu_s": cpu_done,
+                    **emulator_cpu(),
                     "client_cpu_s": result.client_cpu_s,
                     "client_process_cpu_s": result.client_process_cpu_s,
                 }
