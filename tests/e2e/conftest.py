@@ -57,7 +57,7 @@ _STORES = '''
 import asyncio
 
 from uploadsvc.storage import Ability
-from uploadsvc.storage.files import LocalStorage
+from uploadsvc.storage.local import LocalStorage
 
 
 class TinyStorage(LocalStorage):

@@ -9,7 +9,8 @@ import pytest
 from tests.unit.test_cli import one_line_error, run, serve, write_config
 from uploadsvc.config import ConfigError
 from uploadsvc.storage import REQUIRED_ABILITIES, Ability, open_storage
-from uploadsvc.storage.files import LocalStorage, MemoryStorage
+from uploadsvc.storage.local import LocalStorage
+from uploadsvc.storage.memory import MemoryStorage
 from uploadsvc.storage.registry import backend_class
 from uploadsvc.storage.s3 import S3Storage
 

@@ -1,7 +1,9 @@
 """The storage layer: one interface (`interface.py`), backends by URL protocol
 (`registry.py`), each in a module of its own.
 
-    files.py   local folder, memory://        part file + rename
+    local.py   a local folder                 part file + fsync + rename; flock guard
+    memory.py  memory://                      part file + rename; a lock of the process
+               (files.py: the part-file-and-rename core both share, and sftp.py too)
     s3.py      S3 and S3-compatible stores    multipart upload + conditional PUT
     azure.py   Azure Blob Storage             staged blocks + committed block list
     gcs.py     Google Cloud Storage           resumable session + generation preconditions

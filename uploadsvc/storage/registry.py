@@ -38,9 +38,9 @@ class _Builtin:
 
 
 _BUILTIN: dict[str, _Builtin] = {
-    "file": _Builtin("files:LocalStorage"),
-    "local": _Builtin("files:LocalStorage"),
-    "memory": _Builtin("files:MemoryStorage"),
+    "file": _Builtin("local:LocalStorage"),
+    "local": _Builtin("local:LocalStorage"),
+    "memory": _Builtin("memory:MemoryStorage"),
     "s3": _Builtin("s3:S3Storage"),
     "s3a": _Builtin("s3:S3Storage"),
     "az": _Builtin("azure:AzureStorage", "adlfs", "azure"),
