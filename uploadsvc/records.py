@@ -28,10 +28,9 @@ import asyncio
 import random
 import re
 from collections.abc import Callable
-from typing import Any
 
 from .errors import Conflict, NotFound, PreconditionFailed
-from .models import ID_PATTERN, Status, StoredRecord
+from .models import ID_PATTERN, StoredRecord
 from .storage import Storage
 
 _SUFFIX = ".json"
@@ -109,16 +108,6 @@ class Records:
                 await self.storage.delete(active_key(upload_id))
             return updated
         raise Conflict(f"upload {upload_id} is being changed by someone else")
-
-    async def move(self, upload_id: str, status: Status, **changes: Any) -> StoredRecord:
-        """Set `status` and `changes`, whatever else the record holds now."""
-        unknown = changes.keys() - StoredRecord.model_fields.keys()
-        if unknown:
-            raise TypeError(f"not record fields: {sorted(unknown)}")
-        return await self.change(
-            upload_id,
-            lambda r: StoredRecord.model_validate({**r.model_dump(), "status": status, **changes}),
-        )
 
     async def active(self) -> list[str]:
         """Ids of uploads that were not final when last written (see the module docstring)."""
