@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -32,6 +32,14 @@ class ServiceError(Exception):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+    def headers(self) -> dict[str, str]:
+        """Response headers this error adds."""
+        return {}
+
+    def fields(self) -> dict[str, str]:
+        """Fields this error adds to the JSON body, beside `detail` and `code`."""
+        return {}
 
 
 class BadRequest(ServiceError):
@@ -63,6 +71,25 @@ class RangeNotSatisfiable(ServiceError):
         super().__init__(detail)
         self.size = size
 
+    def headers(self) -> dict[str, str]:
+        return {"Content-Range": f"bytes */{self.size}"}
+
+
+class UploadRejected(ServiceError):
+    """A processor refused the upload; its record stays, `failed`, saying why."""
+
+    status, code = 422, "rejected"
+
+    def __init__(self, detail: str, upload_id: str) -> None:
+        super().__init__(detail)
+        self.upload_id = upload_id
+
+    def headers(self) -> dict[str, str]:
+        return {"Location": f"/uploads/{self.upload_id}"}
+
+    def fields(self) -> dict[str, str]:
+        return {"id": self.upload_id}
+
 
 class StorageUnavailable(ServiceError):
     """The backend could not be reached or refused the operation."""
@@ -82,6 +109,7 @@ class ErrorBody(BaseModel):
 
     detail: str
     code: str
+    id: str | None = Field(None, description="The upload's id (`rejected` only)")
 
 
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
@@ -101,10 +129,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
-        headers = {}
-        if isinstance(exc, RangeNotSatisfiable):
-            headers["Content-Range"] = f"bytes */{exc.size}"
-        return render_error(request, exc.status, exc.code, exc.detail, headers)
+        return render_error(request, exc.status, exc.code, exc.detail, exc.headers(), exc.fields())
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -140,6 +165,7 @@ def render_error(
     code: str,
     detail: str,
     headers: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> Response:
     from starlette.responses import JSONResponse
 
@@ -153,4 +179,5 @@ def render_error(
             status_code=status,
             headers=headers,
         )
-    return JSONResponse({"detail": detail, "code": code}, status_code=status, headers=headers)
+    body = {"detail": detail, "code": code, **(fields or {})}
+    return JSONResponse(body, status_code=status, headers=headers)

@@ -114,7 +114,9 @@ class Jobs:
         await asyncio.gather(*(t for _, t in tasks), return_exceptions=True)
 
     async def close(self) -> None:
+        """Disconnect the queue; let the plugins' last notices go out and close them."""
         await self.queue.close()
+        await self.service.pipeline.close()
 
     # Entry points.
 
@@ -247,7 +249,7 @@ class Jobs:
         if record.status is Status.processing:
             record = await self._move(hold, **await self.service.process(record))
         if record.status.final:
-            await self.service.release_staged(record.id)
+            await self.service.finish(record)
         return record
 
     async def _move(self, hold: Hold, **changes: Any) -> StoredRecord:

@@ -4,7 +4,8 @@ A process that dies mid-upload leaves bytes no one will finish: a part file
 or a pending multipart upload (the write never committed), an object whose
 record was never written (killed between the two), a staged copy of an
 upload that is final or was never recorded, markers (`records.py`) whose
-record never came. Nothing here can be told apart from an upload still in
+record never came, derived files (`derived.py`) of an upload deleted while a
+processor wrote them. Nothing here can be told apart from an upload still in
 progress except by age, so only what is older than the grace period goes;
 the upload ids carry their creation time. Records written before the
 listing index existed get their index entry here.
@@ -19,6 +20,7 @@ import logging
 import re
 import time
 
+from . import derived
 from .errors import NotFound
 from .models import ID_PATTERN, Status, age_seconds
 from .records import ACTIVE, INDEX, index_key, indexed_id
@@ -55,9 +57,11 @@ async def remove_leftovers(service: UploadService, grace: float) -> int:
 
 
 def _owner(key: str) -> str | None:
-    """The upload a byte object or marker belongs to (records themselves excluded)."""
+    """The upload a byte object, derived file or marker belongs to (records excluded)."""
     if key.startswith(INDEX):
         key = indexed_id(key)
+    elif key.startswith(derived.PREFIX):
+        key = derived.owner_of(key)
     key = key.removeprefix(ACTIVE)
     return key if _ID.match(key) else None
 

@@ -77,6 +77,10 @@ class UploadRecord(BaseModel):
     results: dict[str, Any] = Field(default_factory=dict)
     #: Tries of the current background step so far (0 before the first failure).
     attempts: int = 0
+    #: Files processors made from the upload: name -> URL.
+    derived: dict[str, str] = Field(default_factory=dict)
+    #: A processor refused the upload (`failed`, its bytes removed; `error` says why).
+    rejected: bool = False
 
     def public(self) -> dict[str, Any]:
         """The record as clients see it (JSON-ready), whatever subclass holds it."""
@@ -87,6 +91,8 @@ class StoredRecord(UploadRecord):
     """The record as stored: the client's view plus who works on it."""
 
     job: Job | None = None
+    #: The content type of each derived file, by name.
+    derived_types: dict[str, str] = Field(default_factory=dict)
 
 
 class Accepted(BaseModel):

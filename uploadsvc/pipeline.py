@@ -1,71 +1,116 @@
-"""The post-upload processing pipeline: processors chosen by name in config.
+"""The processing pipeline: processor plugins chosen by name in config, run in order.
 
-A processor is any object with `async def process(upload) -> dict`; its
-result lands in the record under `results[<name>]`. Processors are found the
-way fsspec finds filesystems: by name, imported lazily, from the shipped
-`plugins/` folder or from the `uploadsvc.plugins` entry point group of
-installed packages; each module offers `create(options) -> Processor` (an
-entry point may also name that factory itself), with `options` from `[plugins.<name>]`.
-An unknown name stops start-up with one line naming it.
+Plugins are found the way fsspec finds filesystems: by name, imported
+lazily, from the shipped `plugins/` folder or from the `uploadsvc.plugins`
+entry point group of installed packages. The entry point names a
+`plugin.Processor` subclass (or a module defining exactly one); a file in
+`plugins/` defines exactly one. Its options come from `[plugins.<name>]`,
+validated by the plugin's own model. An unknown name, a missing package or
+a wrong option stops start-up with one line naming it.
 
-Processors run in order, each under `[processing] timeout_seconds`. The first
-failure stops the pipeline and fails the upload; the stored bytes stay.
+Each processor runs under `[processing] timeout_seconds`; the first failure
+stops the pipeline. A processor sees its upload through `_Upload` only (the
+narrow view of `plugin.Upload`): the bytes read-only, its derived files, and
+`reject`. What it derived is reported back here and named in the record by
+the caller; on failure the caller removes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
+import logging
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Protocol
+from typing import Any, NoReturn
 
+import pydantic
 import pydantic_core
 
+from . import derived
 from .config import ConfigError, Settings
 from .models import UploadRecord
+from .plugin import DerivedWriter, Processor, Rejection
 from .resources import PLUGINS_DIR
 from .storage import Storage
 
+log = logging.getLogger(__name__)
+
 ENTRY_POINT_GROUP = "uploadsvc.plugins"
-
-
-@dataclass(frozen=True)
-class StoredUpload:
-    """What a processor gets: the record so far and a way to read the bytes."""
-
-    record: UploadRecord
-    storage: Storage
-
-    def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
-        return self.storage.read(self.record.id, start, end)
-
-
-class Processor(Protocol):
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]: ...
+#: How long shutdown waits for `finished` hooks still running (webhooks in flight).
+FINISHING_GRACE = 10.0
 
 
 class ProcessingFailed(Exception):
+    """A processor raised, timed out or returned something unusable."""
+
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"processor {name!r} failed: {reason}")
 
 
+class ProcessingRejected(ProcessingFailed):
+    """A processor refused the upload (`Upload.reject`)."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        Exception.__init__(self, f"rejected by {name}: {reason}")
+
+
+@dataclass
+class Outcome:
+    """What the processors produced: results by name, derived files' types by name."""
+
+    results: dict[str, Any] = field(default_factory=dict)
+    derived: dict[str, str] = field(default_factory=dict)
+
+
+class _Upload:
+    """`plugin.Upload` over one stored upload; records what it derives in `made`."""
+
+    def __init__(self, record: UploadRecord, storage: Storage, made: dict[str, str]) -> None:
+        self._record = record
+        self._storage = storage
+        self._made = made
+
+    @property
+    def record(self) -> UploadRecord:
+        return self._record.model_copy(deep=True)
+
+    def read(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        return self._storage.read(self._record.id, start, end)
+
+    def reject(self, reason: str) -> NoReturn:
+        raise Rejection(reason)
+
+    @asynccontextmanager
+    async def derive(self, name: str, content_type: str) -> AsyncIterator[DerivedWriter]:
+        async with derived.writing(self._storage, self._record.id, name) as writer:
+            yield writer
+        self._made[name] = content_type
+
+
 class Pipeline:
-    def __init__(self, steps: Sequence[tuple[str, Processor]], timeout: float) -> None:
-        self.steps = list(steps)
+    def __init__(self, steps: Sequence[tuple[str, Processor[Any]]], timeout: float) -> None:
         self.timeout = timeout
+        self.processing = [(n, p) for n, p in steps if _overrides(p, "process")]
+        self.listening = [(n, p) for n, p in steps if _overrides(p, "finished")]
+        self.plugins = [p for _, p in steps]
+        self._finishing: set[asyncio.Task[None]] = set()
 
     def __bool__(self) -> bool:
-        return bool(self.steps)
+        """Whether uploads go through `processing` (some plugin processes them)."""
+        return bool(self.processing)
 
-    async def run(self, upload: StoredUpload) -> dict[str, Any]:
+    async def run(self, record: UploadRecord, storage: Storage) -> Outcome:
         """Run every processor in order; `ProcessingFailed` at the first failure."""
-        results: dict[str, Any] = {}
-        for name, processor in self.steps:
+        outcome = Outcome()
+        upload = _Upload(UploadRecord.model_validate(record.public()), storage, outcome.derived)
+        for name, processor in self.processing:
             deadline = asyncio.timeout(self.timeout)
             try:
                 async with deadline:
@@ -73,12 +118,51 @@ class Pipeline:
                 # It goes into the JSON record: fail here, naming the plugin,
                 # with the serializer the record itself uses.
                 pydantic_core.to_json(result)
-                results[name] = result
+                outcome.results[name] = result
+            except Rejection as e:
+                raise ProcessingRejected(name, e.reason) from None
             except Exception as e:
                 if deadline.expired():  # ours, not a timeout raised inside the processor
                     raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None
                 raise ProcessingFailed(name, str(e) or type(e).__name__) from e
-        return results
+        return outcome
+
+    def announce(self, record: UploadRecord) -> None:
+        """Tell the listening plugins that `record` is final, in the background."""
+        if not self.listening:
+            return
+        task = asyncio.get_running_loop().create_task(self._finished(record))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def close(self) -> None:
+        """Let `finished` hooks in flight end (for a while), then close every plugin."""
+        if self._finishing:
+            await asyncio.wait(set(self._finishing), timeout=FINISHING_GRACE)
+            for task in list(self._finishing):
+                task.cancel()
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+        for plugin in self.plugins:
+            try:
+                await plugin.close()
+            except Exception:
+                log.exception("plugin %s: close failed", type(plugin).__name__)
+
+    async def _finished(self, record: UploadRecord) -> None:
+        public = UploadRecord.model_validate(record.public())
+
+        async def tell(name: str, plugin: Processor[Any]) -> None:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await plugin.finished(public.model_copy(deep=True))
+            except Exception as e:
+                log.warning("upload %s: plugin %s: finished failed: %r", record.id, name, e)
+
+        await asyncio.gather(*(tell(n, p) for n, p in self.listening))
+
+
+def _overrides(plugin: Processor[Any], method: str) -> bool:
+    return getattr(type(plugin), method) is not getattr(Processor, method)
 
 
 def load_pipeline(settings: Settings) -> Pipeline:
@@ -92,24 +176,41 @@ def load_pipeline(settings: Settings) -> Pipeline:
     )
 
 
-def _create(name: str, options: dict[str, Any]) -> Processor:
-    """Import and build one plugin; any failure is the user's configuration to fix."""
+def _create(name: str, options: dict[str, Any]) -> Processor[Any]:
+    """Import, configure and build one plugin; any failure is the user's to fix."""
+    cls = _find(name)
     try:
-        processor: Processor = _factory(name)(options)
+        validated = cls.Options.model_validate(options)
+    except pydantic.ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in ("plugins", name, *first["loc"]))
+        raise ConfigError(f"{where}: {first['msg']}") from None
+    try:
+        plugin = cls(validated)
+    except Exception as e:
+        raise ConfigError(f"plugins.{name}: {e}") from None
+    if not (_overrides(plugin, "process") or _overrides(plugin, "finished")):
+        raise ConfigError(f"processing.pipeline: plugin {name!r} has neither process nor finished")
+    return plugin
+
+
+def _find(name: str) -> type[Processor[Any]]:
+    try:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                return _processor_class(name, ep.load())
+        path = PLUGINS_DIR / f"{name}.py"
+        if name.isidentifier() and path.is_file():
+            return _processor_class(name, _import_file(name, path))
     except ConfigError:
         raise
+    except ModuleNotFoundError as e:
+        raise ConfigError(
+            f"processing.pipeline: plugin {name!r} needs the package {e.name!r}, which is not "
+            f"installed (a shipped plugin: pip install 'uploadsvc[{name}]')"
+        ) from None
     except Exception as e:
         raise ConfigError(f"processing.pipeline: plugin {name!r} cannot be loaded: {e}") from None
-    return processor
-
-
-def _factory(name: str) -> Any:
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name == name:
-            return _checked(name, ep.load())
-    path = PLUGINS_DIR / f"{name}.py"
-    if name.isidentifier() and path.is_file():
-        return _checked(name, _import_file(name, path))
     raise ConfigError(
         f"processing.pipeline: unknown plugin {name!r} (not in {PLUGINS_DIR.name}/ "
         f"nor in the {ENTRY_POINT_GROUP!r} entry points)"
@@ -131,9 +232,21 @@ def _import_file(name: str, path: Path) -> ModuleType:
     return module
 
 
-def _checked(name: str, found: Any) -> Any:
-    """A module or object offering `create`, or the factory itself."""
-    factory = getattr(found, "create", found)
-    if not callable(factory):
-        raise ConfigError(f"processing.pipeline: plugin {name!r} has no create(options)")
-    return factory
+def _processor_class(name: str, found: object) -> type[Processor[Any]]:
+    """The `Processor` subclass an entry point or a plugin file offers."""
+    if inspect.isclass(found) and issubclass(found, Processor):
+        return found
+    if isinstance(found, ModuleType):
+        defined = [
+            c
+            for c in vars(found).values()
+            if inspect.isclass(c)
+            and issubclass(c, Processor)
+            and c is not Processor
+            and c.__module__ == found.__name__
+        ]
+        if len(defined) == 1:
+            return defined[0]
+    raise ConfigError(
+        f"processing.pipeline: plugin {name!r} must be one subclass of uploadsvc.plugin.Processor"
+    )

@@ -71,14 +71,20 @@ Edit = Callable[[StoredRecord], StoredRecord]
 class Records:
     """The records of one storage; every method reads or writes the backend (no cache)."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(
+        self, storage: Storage, on_final: Callable[[StoredRecord], None] | None = None
+    ) -> None:
         self.storage = storage
+        #: Called once per upload, with the record that made it final.
+        self.on_final = on_final
 
     async def create(self, record: StoredRecord) -> None:
         await self.storage.put_small(index_key(record.id), b"")
         if not record.status.final:
             await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)
+        if record.status.final:
+            self._finalised(record)
 
     async def get(self, upload_id: str) -> StoredRecord:
         return (await self._get(upload_id))[0]
@@ -105,6 +111,7 @@ class Records:
             except PreconditionFailed:
                 continue
             if updated.status.final:
+                self._finalised(updated)
                 await self.storage.delete(active_key(upload_id))
             return updated
         raise Conflict(f"upload {upload_id} is being changed by someone else")
@@ -136,6 +143,10 @@ class Records:
         await self.storage.delete(record_key(upload_id))
         await self.storage.delete(active_key(upload_id))
         await self.storage.delete(index_key(upload_id))
+
+    def _finalised(self, record: StoredRecord) -> None:
+        if self.on_final is not None:
+            self.on_final(record)
 
     async def _get(self, upload_id: str) -> tuple[StoredRecord, str]:
         if not _ID.match(upload_id):

@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
+from . import derived
 from .errors import NotFound
 from .models import Job, Status, StoredRecord, new_id, now
-from .pipeline import Pipeline, ProcessingFailed, StoredUpload
+from .pipeline import Pipeline, ProcessingFailed, ProcessingRejected
 from .records import Records
 from .storage import Storage
 from .streaming import Received, check_body_length, receive_file
@@ -50,7 +51,7 @@ class UploadService:
     ) -> None:
         self.storage = storage
         self.staging = staging
-        self.records = Records(storage)
+        self.records = Records(storage, on_final=pipeline.announce)
         self.pipeline = pipeline
         self.limit = max_upload_bytes
 
@@ -90,20 +91,48 @@ class UploadService:
         await self.storage.adopt(record.id, self.staging)
 
     async def process(self, record: StoredRecord) -> dict[str, Any]:
-        """Run the pipeline: the changes that end the upload (`completed` or `failed`)."""
-        try:
-            results = await self.pipeline.run(StoredUpload(record, self.storage))
-        except ProcessingFailed as e:
-            log.warning("upload %s: %s", record.id, e)
-            return {"status": Status.failed, "error": str(e)}
-        return {"status": Status.completed, "results": results}
+        """Run the pipeline: the changes that end the upload (`completed` or `failed`).
 
-    async def release_staged(self, upload_id: str) -> None:
-        """The staged copy is no longer needed once the upload is stored and final."""
-        await self.staging.delete(upload_id)
+        A failed run leaves no derived file; the bytes of a rejected upload go
+        once its record says so (`finish`).
+        """
+        try:
+            outcome = await self.pipeline.run(record, self.storage)
+        except ProcessingFailed as e:
+            rejected = isinstance(e, ProcessingRejected)
+            (log.info if rejected else log.warning)("upload %s: %s", record.id, e)
+            await derived.remove_all(self.storage, record.id)
+            return {"status": Status.failed, "error": str(e), "rejected": rejected}
+        return {
+            "status": Status.completed,
+            "results": outcome.results,
+            "derived": {n: f"/uploads/{record.id}/derived/{n}" for n in outcome.derived},
+            "derived_types": outcome.derived,
+        }
+
+    async def finish(self, record: StoredRecord) -> None:
+        """What a final record no longer needs: the staged copy, and every byte of a
+        rejected upload (never served meanwhile: only `completed` uploads are)."""
+        if record.rejected:
+            await self.discard(record.id)
+        else:
+            await self.staging.delete(record.id)
+
+    async def derived_file(self, upload_id: str, name: str) -> tuple[StoredRecord, str, int]:
+        """The record, content type and size of a derived file a completed upload names."""
+        record = await self.records.get(upload_id)
+        content_type = record.derived_types.get(name)
+        if record.status is not Status.completed or content_type is None:
+            raise NotFound(f"upload {upload_id} has no derived file {name!r}")
+        return record, content_type, await self.storage.size(derived.derived_key(upload_id, name))
+
+    def read_derived(self, upload_id: str, name: str) -> AsyncIterator[bytes]:
+        return self.storage.read(derived.derived_key(upload_id, name))
 
     async def discard(self, upload_id: str) -> None:
-        """Remove every byte of an upload (idempotent): what DELETE and a stopped job need."""
+        """Remove every byte of an upload and of its derived files (idempotent): what
+        DELETE, a stopped job and a rejection need."""
+        await derived.remove_all(self.storage, upload_id)
         await self.storage.delete(upload_id)
         await self.staging.delete(upload_id)
 

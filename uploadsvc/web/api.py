@@ -22,13 +22,14 @@ from ..errors import (
     RangeNotSatisfiable,
     StorageUnavailable,
     UnsupportedMediaType,
+    UploadRejected,
     error_responses,
 )
 from ..jobs import Jobs
 from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
 from ..service import UploadService
 from ..storage import check_in_time
-from .downloads import byte_range, download_headers, not_modified
+from .downloads import byte_range, derived_filename, download_headers, not_modified, safe_headers
 from .templating import templates, wants_html
 
 router = APIRouter()
@@ -88,7 +89,7 @@ def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> R
     "/upload-blocking/",
     status_code=201,
     response_model=UploadRecord,
-    responses=_UPLOAD_ERRORS,
+    responses={**_UPLOAD_ERRORS, **error_responses(UploadRejected)},
     openapi_extra=_MULTIPART_BODY,
     summary="Upload a file; answer once it is stored and processed",
 )
@@ -104,6 +105,8 @@ async def upload_blocking(request: Request) -> Response:
     )
     if not record.status.final:
         record = await jobs.run_held(record)
+    if record.rejected:
+        raise UploadRejected(record.error or "rejected", record.id)
     return _answer(request, record, 201, record.public())
 
 
@@ -209,6 +212,31 @@ async def _opened(blocks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
             yield block
 
     return rest()
+
+
+@router.get(
+    "/uploads/{upload_id}/derived/{name}",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The derived file"},
+        **error_responses(NotFound, StorageUnavailable),
+    },
+    summary="A file a processor made from the upload (a thumbnail)",
+)
+async def get_derived(request: Request, upload_id: str, name: str) -> Response:
+    service = _service(request)
+    record, content_type, size = await service.derived_file(upload_id, name)
+    headers = safe_headers(derived_filename(record, name, content_type))
+    headers["Content-Length"] = str(size)
+    headers["Content-Type"] = content_type  # as for content: no charset added
+    if request.method == "HEAD":
+        return Response(headers=headers)
+    return StreamingResponse(await _opened(service.read_derived(upload_id, name)), headers=headers)
+
+
+router.add_api_route(
+    "/uploads/{upload_id}/derived/{name}", get_derived, methods=["HEAD"], include_in_schema=False
+)
 
 
 @router.delete(

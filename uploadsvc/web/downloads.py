@@ -7,6 +7,7 @@ without a server. The bytes are always sent as an attachment with
 
 from __future__ import annotations
 
+import mimetypes
 from urllib.parse import quote
 
 from ..errors import RangeNotSatisfiable
@@ -65,16 +66,28 @@ def byte_range(
 
 
 def download_headers(record: UploadRecord) -> dict[str, str]:
-    ascii_name = record.filename.encode("ascii", "replace").decode().replace('"', "_")
+    return {
+        **safe_headers(record.filename),
+        "ETag": etag(record),
+        "Accept-Ranges": "bytes",
+    }
+
+
+def derived_filename(record: UploadRecord, name: str, content_type: str) -> str:
+    """`photo.jpg` and its `thumbnail` (image/webp) -> `photo.jpg.thumbnail.webp`."""
+    return f"{record.filename}.{name}{mimetypes.guess_extension(content_type) or ''}"
+
+
+def safe_headers(filename: str) -> dict[str, str]:
+    """What every file we serve carries: an attachment that no browser runs as ours."""
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
     ascii_name = ascii_name.replace("\\", "_")
     return {
         "Content-Disposition": (
-            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(record.filename)}"
+            f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
         ),
         "X-Content-Type-Options": "nosniff",
         # Should a browser render it anyway, no script runs in our origin.
         "Content-Security-Policy": "sandbox",
-        "ETag": etag(record),
-        "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-cache",
     }
