@@ -2,11 +2,11 @@
 
 A plugin is a subclass of `Processor` with its options as a pydantic model::
 
-    class Options(plugin.Options):
+    class DelayOptions(plugin.Options):
         seconds: float = 5
 
-    class Delay(plugin.Processor[Options]):
-        Options = Options
+    class Delay(plugin.Processor[DelayOptions]):
+        Options = DelayOptions
 
         async def process(self, upload: plugin.Upload) -> dict[str, Any]:
             await asyncio.sleep(self.options.seconds)

@@ -17,7 +17,8 @@ from tests.backends import Backend
 from tests.conftest import Live, make_settings
 from tests.rawhttp import MULTIPART_TYPE, multipart_stream
 from uploadsvc.errors import StorageUnavailable
-from uploadsvc.pipeline import Pipeline, StoredUpload
+from uploadsvc.pipeline import Pipeline
+from uploadsvc.plugin import Options, Processor, Upload
 
 
 class Gate:
@@ -216,14 +217,16 @@ def test_a_blocking_upload_slower_than_the_lease_is_processed_once(
     that outlasts a lease must not leave a record any sweep may take."""
     runs: list[str] = []
 
-    class Counting:
-        async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+    class Counting(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
             runs.append(upload.record.id)
             await asyncio.sleep(0.5)
             return {}
 
     settings = make_settings(backend, tmp_path, {"lease_seconds": 0.6}, max_upload_bytes=8 << 20)
-    live = live_factory(settings, pipeline=Pipeline([("counting", Counting())], timeout=30))
+    live = live_factory(
+        settings, pipeline=Pipeline([("counting", Counting(Options()))], timeout=30)
+    )
 
     def slow_body() -> Any:
         for block in multipart_stream(iter([os.urandom(1 << 20)] * 3)):
@@ -275,36 +278,36 @@ def test_a_job_that_cannot_write_its_record_is_taken_over_once_its_lease_runs_ou
     assert stored_bytes(live.backend, upload_id) == payload
 
 
-class Recorder:
+class Recorder(Processor[Options]):
     """A processor that reads the stored bytes back and reports their digest."""
 
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
         digest = hashlib.sha256()
         async for block in upload.read():
             digest.update(block)
         return {"sha256": digest.hexdigest(), "status_seen": upload.record.status.value}
 
 
-class Unserialisable:
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+class Unserialisable(Processor[Options]):
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
         return {"when": object()}
 
 
 def test_a_result_that_is_not_json_fails_the_upload(live_factory: Any) -> None:
-    live = live_factory(pipeline=Pipeline([("odd", Unserialisable())], timeout=30))
+    live = live_factory(pipeline=Pipeline([("odd", Unserialisable(Options()))], timeout=30))
     record = live.http.post("/upload-blocking/", files={"file": ("f", b"x")}).json()
     assert record["status"] == "failed"
     assert "odd" in record["error"]
 
 
-class Broken:
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+class Broken(Processor[Options]):
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
         raise ValueError("cannot parse this file")
 
 
 @pytest.mark.parametrize("path", ["/upload-blocking/", "/upload-nonblocking/"])
 def test_pipeline_results_land_in_the_record(live_factory: Any, path: str) -> None:
-    live = live_factory(pipeline=Pipeline([("recorder", Recorder())], timeout=30))
+    live = live_factory(pipeline=Pipeline([("recorder", Recorder(Options()))], timeout=30))
     payload = os.urandom(2 << 20)
     response = live.http.post(path, files={"file": ("f", payload)})
     record = wait_for_status(live, response.json()["id"])
@@ -321,7 +324,9 @@ def test_failing_processor_fails_the_upload_but_keeps_the_bytes(
     live_factory: Any, path: str
 ) -> None:
     live = live_factory(
-        pipeline=Pipeline([("broken", Broken()), ("recorder", Recorder())], timeout=30)
+        pipeline=Pipeline(
+            [("broken", Broken(Options())), ("recorder", Recorder(Options()))], timeout=30
+        )
     )
     payload = b"data" * 100
     upload_id = live.http.post(path, files={"file": ("f", payload)}).json()["id"]

@@ -49,7 +49,7 @@ weak = "testplugins.stores:WeakStorage"
 slow = "testplugins.stores:SlowStorage"
 
 [project.entry-points."uploadsvc.plugins"]
-countruns = "testplugins.countruns:create"
+countruns = "testplugins.countruns:CountRuns"
 """
 
 _STORES = '''
@@ -93,13 +93,16 @@ _COUNTRUNS = '''
 import asyncio
 import os
 
+from uploadsvc import plugin
 
-class CountRuns:
-    def __init__(self, log, seconds):
-        self.log, self.seconds = log, seconds
+
+class CountRuns(plugin.Processor):
+    class Options(plugin.Options):
+        log: str
+        seconds: float = 0
 
     def _note(self, line):
-        fd = os.open(self.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        fd = os.open(self.options.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
             os.write(fd, line.encode())
         finally:
@@ -107,13 +110,9 @@ class CountRuns:
 
     async def process(self, upload):
         self._note(f"start {upload.record.id}\\n")
-        await asyncio.sleep(self.seconds)
+        await asyncio.sleep(self.options.seconds)
         self._note(f"end {upload.record.id}\\n")
-        return {"slept": self.seconds}
-
-
-def create(options):
-    return CountRuns(options["log"], float(options.get("seconds", 0)))
+        return {"slept": self.options.seconds}
 '''
 
 

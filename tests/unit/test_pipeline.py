@@ -8,15 +8,22 @@ import textwrap
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
 from uploadsvc import pipeline
 from uploadsvc.config import ConfigError, parse_settings
 from uploadsvc.models import Status, UploadRecord
-from uploadsvc.pipeline import Pipeline, ProcessingFailed, Processor, StoredUpload, load_pipeline
-from uploadsvc.storage import Storage
+from uploadsvc.pipeline import (
+    Outcome,
+    Pipeline,
+    ProcessingFailed,
+    ProcessingRejected,
+    load_pipeline,
+)
+from uploadsvc.plugin import Options, Processor, Upload
+from uploadsvc.storage import open_storage
 
 RECORD = UploadRecord(
     id="0" * 28,
@@ -28,43 +35,49 @@ RECORD = UploadRecord(
     created_at=datetime(2026, 1, 1, tzinfo=UTC),
     url=f"/uploads/{'0' * 28}/content",
 )
-#: The fake processors never read the bytes, so no backend is needed.
-UPLOAD = StoredUpload(RECORD, cast(Storage, object()))
+NONE = Options()
 
 
-class Recording:
+class Recording(Processor[Options]):
     """Appends its name to a shared log and returns a fixed result."""
 
     def __init__(self, name: str, log: list[str], result: Mapping[str, Any]) -> None:
+        super().__init__(NONE)
         self.name, self.log, self.result = name, log, result
 
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
-        assert upload is UPLOAD
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
+        assert upload.record == RECORD
         self.log.append(self.name)
         return self.result
 
 
-class Raising:
+class Raising(Processor[Options]):
     def __init__(self, error: Exception) -> None:
+        super().__init__(NONE)
         self.error = error
 
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
         raise self.error
 
 
-class Hanging:
-    async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+class Hanging(Processor[Options]):
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
         await asyncio.Event().wait()  # never set
         raise AssertionError("unreachable")
 
 
-def run(steps: list[tuple[str, Processor]], timeout: float = 10.0) -> dict[str, Any]:
-    return asyncio.run(Pipeline(steps, timeout).run(UPLOAD))
+def run(steps: list[tuple[str, Processor[Any]]], timeout: float = 10.0) -> Outcome:
+    storage = open_storage("memory://pipeline-unit", {})
+    return asyncio.run(Pipeline(steps, timeout).run(RECORD, storage))
+
+
+def results(steps: list[tuple[str, Processor[Any]]], timeout: float = 10.0) -> dict[str, Any]:
+    return run(steps, timeout).results
 
 
 def test_results_are_keyed_by_name_in_pipeline_order() -> None:
     log: list[str] = []
-    results = run(
+    found = results(
         [
             ("zeta", Recording("zeta", log, {"z": 1})),
             ("alpha", Recording("alpha", log, {"a": [1, 2]})),
@@ -72,15 +85,15 @@ def test_results_are_keyed_by_name_in_pipeline_order() -> None:
         ]
     )
     assert log == ["zeta", "alpha", "mid"]
-    assert list(results) == ["zeta", "alpha", "mid"]
-    assert results == {"zeta": {"z": 1}, "alpha": {"a": [1, 2]}, "mid": {}}
-    assert all(type(r) is dict for r in results.values())
+    assert list(found) == ["zeta", "alpha", "mid"]
+    assert found == {"zeta": {"z": 1}, "alpha": {"a": [1, 2]}, "mid": {}}
+    assert all(type(r) is dict for r in found.values())
 
 
 def test_an_empty_pipeline_is_falsy_and_returns_nothing() -> None:
     assert not Pipeline([], 1.0)
     assert Pipeline([("x", Recording("x", [], {}))], 1.0)
-    assert run([]) == {}
+    assert results([]) == {}
 
 
 def test_a_raising_processor_fails_the_pipeline_naming_it() -> None:
@@ -95,6 +108,7 @@ def test_a_raising_processor_fails_the_pipeline_naming_it() -> None:
         )
     assert log == ["first"], "the first failure stops the pipeline"
     assert isinstance(caught.value.__cause__, RuntimeError)
+    assert not isinstance(caught.value, ProcessingRejected)
 
 
 def test_an_error_without_message_is_named_by_its_type() -> None:
@@ -105,19 +119,110 @@ def test_an_error_without_message_is_named_by_its_type() -> None:
 def test_a_slow_processor_times_out() -> None:
     log: list[str] = []
     with pytest.raises(ProcessingFailed, match=r"processor 'slow' failed: timed out after 0.05 s"):
-        run([("slow", Hanging()), ("never", Recording("never", log, {}))], timeout=0.05)
+        run([("slow", Hanging(NONE)), ("never", Recording("never", log, {}))], timeout=0.05)
     assert log == []
 
 
 def test_a_processor_returning_no_mapping_fails_naming_it() -> None:
     """A buggy plugin fails its upload like any other processor error."""
 
-    class ReturnsNone:
-        async def process(self, upload: StoredUpload) -> Mapping[str, Any]:
+    class ReturnsNone(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
             return None  # type: ignore[return-value]
 
     with pytest.raises(ProcessingFailed, match="'bad'"):
-        run([("bad", ReturnsNone())])
+        run([("bad", ReturnsNone(NONE))])
+
+
+def test_a_rejection_stops_the_pipeline_naming_the_plugin_and_reason() -> None:
+    log: list[str] = []
+
+    class Refusing(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            upload.reject("type application/x-dosexec is not allowed")
+
+    with pytest.raises(ProcessingRejected) as caught:
+        run([("mimetype", Refusing(NONE)), ("never", Recording("never", log, {}))])
+    assert str(caught.value) == "rejected by mimetype: type application/x-dosexec is not allowed"
+    assert log == []
+
+
+def test_derived_files_are_reported_with_their_types_and_readable() -> None:
+    storage = open_storage("memory://pipeline-derived", {})
+
+    class Deriving(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            async with upload.derive("thumbnail", "image/webp") as out:
+                await out.write(b"RIFF")
+                await out.write(b"WEBP")
+            return {}
+
+    outcome = asyncio.run(Pipeline([("t", Deriving(NONE))], 5).run(RECORD, storage))
+    assert outcome.derived == {"thumbnail": "image/webp"}
+
+    async def stored() -> bytes:
+        return b"".join([b async for b in storage.read(f"derived.{RECORD.id}.thumbnail")])
+
+    assert asyncio.run(stored()) == b"RIFFWEBP"
+
+
+@pytest.mark.parametrize("name", ["", "Thumb", "../x", "a.b", "a/b", "x" * 65])
+def test_a_derived_name_outside_the_pattern_fails_the_processor(name: str) -> None:
+    class Deriving(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            async with upload.derive(name, "text/plain") as out:
+                await out.write(b"x")
+            return {}
+
+    with pytest.raises(ProcessingFailed, match="derived file name"):
+        run([("d", Deriving(NONE))])
+
+
+def test_a_derived_file_whose_block_raises_is_not_kept() -> None:
+    storage = open_storage("memory://pipeline-derived-abort", {})
+
+    class HalfDeriving(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            async with upload.derive("preview", "application/pdf") as out:
+                await out.write(b"%PDF")
+                raise OSError("renderer crashed")
+            return {}
+
+    with pytest.raises(ProcessingFailed, match="renderer crashed"):
+        asyncio.run(Pipeline([("p", HalfDeriving(NONE))], 5).run(RECORD, storage))
+    assert asyncio.run(storage.list("derived.")) == []
+
+
+def test_the_record_a_processor_gets_is_a_copy() -> None:
+    class Meddling(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            upload.record.results["x"] = 1
+            upload.record.filename = "evil"
+            return {"seen": upload.record.filename}
+
+    assert results([("m", Meddling(NONE))]) == {"m": {"seen": "a.txt"}}
+    assert RECORD.results == {}
+
+
+def test_finished_hooks_hear_of_final_records_and_their_failures_are_contained() -> None:
+    heard: list[str] = []
+
+    class Listening(Processor[Options]):
+        async def finished(self, record: UploadRecord) -> None:
+            heard.append(record.status.value)
+
+    class Failing(Processor[Options]):
+        async def finished(self, record: UploadRecord) -> None:
+            raise ConnectionError("receiver down")
+
+    async def main() -> None:
+        built = Pipeline([("listen", Listening(NONE)), ("fail", Failing(NONE))], 5)
+        assert not built, "plugins that only listen add no processing step"
+        built.announce(RECORD.model_copy(update={"status": Status.completed}))
+        await built.close()
+
+    asyncio.run(main())
+    assert heard == ["completed"]
 
 
 # -- load_pipeline -------------------------------------------------------------
@@ -133,16 +238,19 @@ def plugins_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 ECHO = """
-    class Echo:
-        def __init__(self, options):
-            self.options = options
+    from uploadsvc import plugin
+
+
+    class EchoOptions(plugin.Options):
+        greeting: str = ""
+        n: int = 0
+
+
+    class Echo(plugin.Processor[EchoOptions]):
+        Options = EchoOptions
 
         async def process(self, upload):
-            return {"options": dict(self.options), "filename": upload.record.filename}
-
-
-    def create(options):
-        return Echo(options)
+            return {"options": self.options.model_dump(), "filename": upload.record.filename}
 """
 
 
@@ -180,64 +288,92 @@ def test_a_shipped_plugin_is_loaded_with_its_options(plugins_dir: Path) -> None:
         }
     )
     built = load_pipeline(settings)
-    assert [name for name, _ in built.steps] == ["echo"]
+    assert [name for name, _ in built.processing] == ["echo"]
     assert built.timeout == 7.0
-    results = asyncio.run(built.run(UPLOAD))
-    assert results == {"echo": {"options": {"greeting": "hi", "n": 3}, "filename": "a.txt"}}
+    assert run_loaded(built) == {
+        "echo": {"options": {"greeting": "hi", "n": 3}, "filename": "a.txt"}
+    }
 
 
-def test_a_plugin_without_options_gets_an_empty_dict(plugins_dir: Path) -> None:
+def run_loaded(built: Pipeline) -> dict[str, Any]:
+    storage = open_storage("memory://pipeline-loaded", {})
+    return asyncio.run(built.run(RECORD, storage)).results
+
+
+def test_a_plugin_without_options_gets_the_defaults(plugins_dir: Path) -> None:
     add_plugin(plugins_dir, "echo", ECHO)
     built = load_pipeline(parse_settings({"processing": {"pipeline": ["echo", "echo"]}}))
-    results = asyncio.run(built.run(UPLOAD))
-    assert results["echo"]["options"] == {}
-    assert len(built.steps) == 2
+    assert run_loaded(built)["echo"]["options"] == {"greeting": "", "n": 0}
+    assert len(built.processing) == 2
 
 
-def test_a_plugin_without_create_is_a_config_error(plugins_dir: Path) -> None:
-    add_plugin(plugins_dir, "nocreate", "VALUE = 1\n")
-    with pytest.raises(ConfigError, match="'nocreate' has no create"):
-        load_pipeline(parse_settings({"processing": {"pipeline": ["nocreate"]}}))
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"n": "three"}, "plugins.echo.n: Input should be a valid integer"),
+        ({"colour": "red"}, "plugins.echo.colour: Extra inputs are not permitted"),
+    ],
+)
+def test_a_wrong_option_is_a_config_error_naming_it(
+    plugins_dir: Path, options: dict[str, Any], message: str
+) -> None:
+    add_plugin(plugins_dir, "echo", ECHO)
+    settings = parse_settings({"processing": {"pipeline": ["echo"]}, "plugins": {"echo": options}})
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(settings)
+    assert str(caught.value).startswith(message)
 
 
-def test_a_plugin_using_dataclasses_loads(plugins_dir: Path) -> None:
-    add_plugin(
-        plugins_dir,
-        "dc",
-        """
-        from __future__ import annotations
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("VALUE = 1\n", "must be one subclass of uploadsvc.plugin.Processor"),
+        (
+            "from uploadsvc import plugin\nclass A(plugin.Processor):\n    pass\n",
+            "has neither process nor finished",
+        ),
+        (
+            "from uploadsvc import plugin\n"
+            "class A(plugin.Processor):\n    async def process(self, u): return {}\n"
+            "class B(plugin.Processor):\n    async def process(self, u): return {}\n",
+            "must be one subclass",
+        ),
+    ],
+    ids=["no-processor", "does-nothing", "two-processors"],
+)
+def test_a_plugin_that_is_not_one_processor_is_a_config_error(
+    plugins_dir: Path, source: str, message: str
+) -> None:
+    add_plugin(plugins_dir, "odd", source)
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(parse_settings({"processing": {"pipeline": ["odd"]}}))
 
-        from dataclasses import dataclass
 
-
-        @dataclass
-        class Sizer:
-            options: dict
-
-            async def process(self, upload):
-                return {"size": upload.record.size}
-
-
-        def create(options):
-            return Sizer(options)
-        """,
+def test_a_missing_package_names_the_extra_to_install(plugins_dir: Path) -> None:
+    add_plugin(plugins_dir, "needy", "import no_such_package_xyz\n")
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(parse_settings({"processing": {"pipeline": ["needy"]}}))
+    assert str(caught.value) == (
+        "processing.pipeline: plugin 'needy' needs the package 'no_such_package_xyz', which is "
+        "not installed (a shipped plugin: pip install 'uploadsvc[needy]')"
     )
-    built = load_pipeline(parse_settings({"processing": {"pipeline": ["dc"]}}))
-    assert asyncio.run(built.run(UPLOAD)) == {"dc": {"size": 3}}
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        "raise ImportError('No module named PIL')\n",
-        "def create(options):\n    raise ValueError('size must be positive')\n",
+        "raise ImportError('cannot import name Image')\n",
+        "from uploadsvc import plugin\n"
+        "class A(plugin.Processor):\n"
+        "    def __init__(self, options):\n        raise ValueError('size must be positive')\n"
+        "    async def process(self, u): return {}\n",
         "def broken(:\n",
     ],
-    ids=["import-fails", "create-fails", "syntax-error"],
+    ids=["import-fails", "init-fails", "syntax-error"],
 )
 def test_a_broken_plugin_is_a_config_error_naming_it(plugins_dir: Path, source: str) -> None:
     add_plugin(plugins_dir, "broken", source)
-    with pytest.raises(ConfigError, match="'broken'"):
+    with pytest.raises(ConfigError, match="broken"):
         load_pipeline(parse_settings({"processing": {"pipeline": ["broken"]}}))
 
 
@@ -248,27 +384,24 @@ def test_an_installed_entry_point_plugin_is_loaded(
     request: pytest.FixtureRequest,
 ) -> None:
     """Third-party packages join through the `uploadsvc.plugins` entry point group,
-    naming either a module with `create` or the factory itself."""
+    naming either a module with one processor or the class itself."""
     site = tmp_path / "site"
     dist = site / "uploadsvc_test_ep-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: uploadsvc-test-ep\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text(
-        "[uploadsvc.plugins]\n"
-        "by_module = uploadsvc_test_ep\n"
-        "by_factory = uploadsvc_test_ep:create\n"
+        "[uploadsvc.plugins]\nby_module = uploadsvc_test_ep\nby_class = uploadsvc_test_ep:Echo\n"
     )
     add_plugin(site, "uploadsvc_test_ep", ECHO)
     monkeypatch.syspath_prepend(str(site))
     request.addfinalizer(lambda: sys.modules.pop("uploadsvc_test_ep", None))
     settings = parse_settings(
         {
-            "processing": {"pipeline": ["by_module", "by_factory"]},
-            "plugins": {"by_factory": {"k": "v"}},
+            "processing": {"pipeline": ["by_module", "by_class"]},
+            "plugins": {"by_class": {"n": 2}},
         }
     )
-    results = asyncio.run(load_pipeline(settings).run(UPLOAD))
-    assert results == {
-        "by_module": {"options": {}, "filename": "a.txt"},
-        "by_factory": {"options": {"k": "v"}, "filename": "a.txt"},
+    assert run_loaded(load_pipeline(settings)) == {
+        "by_module": {"options": {"greeting": "", "n": 0}, "filename": "a.txt"},
+        "by_class": {"options": {"greeting": "", "n": 2}, "filename": "a.txt"},
     }
