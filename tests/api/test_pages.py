@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
 from tests.api.helpers import wait_for_status
-from tests.conftest import Live
+from tests.backends import Backend
+from tests.conftest import Live, make_settings
+from uploadsvc.config import ProcessingSettings
+from uploadsvc.pipeline import Pipeline
+from uploadsvc.plugin import Options, Processor, Upload
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
@@ -77,3 +85,45 @@ def test_openapi_describes_every_route_and_its_errors(live: Live) -> None:
         "application/json"
     ]
     assert error_schema["schema"]["$ref"].endswith("/ErrorBody")
+
+
+def test_the_file_list_page_shows_thumbnails_and_pages_with_the_cursor(
+    live_factory: Callable[..., Live],
+) -> None:
+    class Thumbnailing(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            async with upload.derive("thumbnail", "image/png") as out:
+                await out.write(b"\x89PNG")
+            return {}
+
+    live = live_factory(pipeline=Pipeline([("thumbnail", Thumbnailing(Options()))], timeout=30))
+    ids = [
+        live.http.post("/upload-blocking/", files={"file": (f"f{i}.png", b"x")}).json()["id"]
+        for i in range(3)
+    ]
+    page = live.http.get("/uploads?limit=2", headers={"Accept": BROWSER_ACCEPT})
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert f'<img src="/uploads/{ids[2]}/derived/thumbnail"' in page.text
+    assert "f2.png" in page.text and "f1.png" in page.text and "f0.png" not in page.text
+    assert f"/uploads?cursor={ids[1]}&amp;limit=2" in page.text
+    older = live.http.get(f"/uploads?cursor={ids[1]}&limit=2", headers={"Accept": BROWSER_ACCEPT})
+    assert "f0.png" in older.text and "Older files" not in older.text
+    record_page = live.http.get(f"/uploads/{ids[0]}", headers={"Accept": BROWSER_ACCEPT})
+    assert f'<img src="/uploads/{ids[0]}/derived/thumbnail"' in record_page.text
+    # API clients still get JSON.
+    assert [r["id"] for r in live.http.get("/uploads").json()["items"]] == ids[::-1]
+
+
+def test_the_upload_pages_say_which_processing_a_blocking_upload_waits_for(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path
+) -> None:
+    settings = make_settings(backend, tmp_path).model_copy(
+        update={
+            "processing": ProcessingSettings(pipeline=["delay"]),
+            "plugins": {"delay": {"seconds": 2.5}},
+        }
+    )
+    live = live_factory(settings)
+    blocking, background = live.http.get("/").text, live.http.get("/background").text
+    assert "Processing here: delay (2.5 s)." in blocking and "You wait for it" in blocking
+    assert "Processing here: delay (2.5 s)." in background and "You will not wait" in background

@@ -138,9 +138,12 @@ async def list_uploads(
     request: Request,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(pattern=ID_PATTERN)] = None,
-) -> UploadPage:
+) -> Response:
     items, next_cursor = await _service(request).records.page(limit, cursor)
-    return UploadPage(items=items, next_cursor=next_cursor)
+    if wants_html(request):
+        context = {"items": items, "next_cursor": next_cursor, "limit": limit}
+        return templates.TemplateResponse(request, "list.html", context)
+    return JSONResponse(UploadPage(items=items, next_cursor=next_cursor).model_dump(mode="json"))
 
 
 @router.get(
