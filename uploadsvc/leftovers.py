@@ -7,8 +7,9 @@ upload that is final or was never recorded, markers (`records.py`) whose
 record never came, derived files (`derived.py`) of an upload deleted while a
 processor wrote them. Nothing here can be told apart from an upload still in
 progress except by age, so only what is older than the grace period goes;
-the upload ids carry their creation time. Records written before the
-listing index existed get their index entry here.
+the upload ids carry their creation time. Records without a listing index
+entry (written before the index existed, or lost to a power cut: index entries
+are written without a flush) get it here, at start-up and after.
 
 Kept on purpose: the staged bytes of a `failed` upload (until it is deleted)
 and of every upload not yet final.
@@ -41,7 +42,7 @@ async def remove_leftovers(service: UploadService, grace: float) -> int:
     indexed = {indexed_id(k) for k in keys if k.startswith(INDEX)}
     for upload_id in recorded - indexed:
         if _ID.match(upload_id):
-            await storage.put_small(index_key(upload_id), b"")  # a record from before the index
+            await storage.put_marker(index_key(upload_id))  # from before the index, or lost
     for key in keys:
         owner = _owner(key)
         if owner and owner not in recorded and age_seconds(owner) > grace:

@@ -79,7 +79,9 @@ class Records:
         self.on_final = on_final
 
     async def create(self, record: StoredRecord) -> None:
-        await self.storage.put_small(index_key(record.id), b"")
+        # The index entry may be lost to a power cut (the leftovers pass at
+        # start-up writes it again); the `active.` marker may not.
+        await self.storage.put_marker(index_key(record.id))
         if not record.status.final:
             await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)

@@ -189,6 +189,20 @@ def test_delete_and_list(backend: Backend) -> None:
     assert after == ["a.json", "b"]
 
 
+def test_a_marker_is_an_empty_object_listed_like_any_other(backend: Backend) -> None:
+    async def scenario(storage: Storage) -> tuple[list[str], bytes, list[str]]:
+        await storage.put_marker("index.f0")
+        await storage.put_marker("index.f0")  # again: still one, still empty
+        listed = await storage.list("index.")
+        data, _ = await storage.get_small("index.f0")
+        return listed, data, backend.leftovers()
+
+    listed, data, everything = run(scenario, backend)
+    assert listed == ["index.f0"]
+    assert data == b""
+    assert everything == ["index.f0"], "no part file or pending write left behind"
+
+
 def test_list_pages_in_order_after_a_key(backend: Backend) -> None:
     """What a page of the upload list needs: a prefix, a start after the last key seen,
     and a limit, in key order, without part files or other prefixes."""

@@ -208,6 +208,16 @@ class RenamingStorage(Storage):
 
         return await self._run(put)
 
+    async def put_marker(self, key: str) -> None:
+        """An empty file, no flush: the record written next in the same folder flushes
+        the folder, which keeps the marker's name with its own."""
+
+        def touch() -> None:
+            with self.fs.open(self.path(key), "wb"):
+                pass
+
+        await self._run(touch)
+
     async def get_small(self, key: str) -> tuple[bytes, str]:
         data = await self._run(self.fs.cat_file, self.path(key))
         return data, _etag(data)

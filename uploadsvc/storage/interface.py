@@ -169,6 +169,12 @@ class Storage(ABC):
     ) -> str:
         """Write a small object whole and return its new etag."""
 
+    async def put_marker(self, key: str) -> None:
+        """Write an empty object that a power cut may lose (never half-write): for
+        markers the caller rebuilds when missing. The default is `put_small`; a
+        backend whose durable write costs a flush may skip the flush."""
+        await self.put_small(key, b"")
+
     @abstractmethod
     async def get_small(self, key: str) -> tuple[bytes, str]:
         """Read a small object whole, with its etag; `NotFound` if absent."""
