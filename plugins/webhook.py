@@ -84,14 +84,12 @@ Retries stop after `attempts`, or when the next pause would pass
 `deadline_seconds`, with one warning naming the URL (by its place in `urls`
 and its host: paths and queries may hold tokens) and the last error.
 
-Why a deadline of its own: the pipeline runs `finished` under `[processing]
-timeout_seconds` (default 300 s) and cancels it then. The defaults here take
-at most about 200 s (7 pauses of at most 1+2+4+8+16+32+60 s, 8 requests of at
-most 10 s), below `deadline_seconds` = 240, itself below 300: the plugin
-gives up on its own terms, logging what was lost, before the pipeline cuts
-it off. Keep `deadline_seconds` below `[processing] timeout_seconds` if you
-change either; if the pipeline cancels a delivery anyway, it is logged as
-abandoned.
+Why a deadline of its own: the pipeline cancels a `finished` hook after
+`uploadsvc.plugin.FINISHED_TIMEOUT` (900 s). The defaults here take at most
+about 200 s (7 pauses of at most 1+2+4+8+16+32+60 s, 8 requests of at most
+10 s), below `deadline_seconds` = 240: the plugin gives up on its own terms,
+logging what was lost, before the pipeline cuts it off. If the pipeline
+cancels a delivery anyway (shutdown), it is logged as abandoned.
 
 Known limitation: not durable
 -----------------------------

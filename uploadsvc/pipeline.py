@@ -36,7 +36,7 @@ import pydantic_core
 from . import derived
 from .config import ConfigError, Settings
 from .models import UploadRecord
-from .plugin import DerivedWriter, Processor, Rejection
+from .plugin import FINISHED_TIMEOUT, DerivedWriter, Processor, Rejection
 from .resources import PLUGINS_DIR
 from .storage import Storage
 
@@ -101,6 +101,7 @@ class Pipeline:
         self.listening = [(n, p) for n, p in steps if _overrides(p, "finished")]
         self.plugins = [p for _, p in steps]
         self._finishing: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def __bool__(self) -> bool:
         """Whether uploads go through `processing` (some plugin processes them)."""
@@ -131,12 +132,16 @@ class Pipeline:
         """Tell the listening plugins that `record` is final, in the background."""
         if not self.listening:
             return
+        if self._closed:
+            log.warning("upload %s: final after shutdown began; plugins not told", record.id)
+            return
         task = asyncio.get_running_loop().create_task(self._finished(record))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
     async def close(self) -> None:
         """Let `finished` hooks in flight end (for a while), then close every plugin."""
+        self._closed = True
         if self._finishing:
             await asyncio.wait(set(self._finishing), timeout=FINISHING_GRACE)
             for task in list(self._finishing):
@@ -153,7 +158,7 @@ class Pipeline:
 
         async def tell(name: str, plugin: Processor[Any]) -> None:
             try:
-                async with asyncio.timeout(self.timeout):
+                async with asyncio.timeout(FINISHED_TIMEOUT):
                     await plugin.finished(public.model_copy(deep=True))
             except Exception as e:
                 log.warning("upload %s: plugin %s: finished failed: %r", record.id, name, e)

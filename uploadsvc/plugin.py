@@ -19,9 +19,10 @@ record, read-only access to the stored bytes, and two abilities only:
 any other upload, nor change or delete this one's bytes.
 
 `finished` is called once an upload is final (completed or failed), for
-plugins that tell the world (webhooks); it runs after the answer and its
-failures never change the upload. A plugin overrides `process`, `finished`,
-or both.
+plugins that tell the world (webhooks); it runs in the background from the
+moment the record is final (in no set order with the client's answer), for at
+most `FINISHED_TIMEOUT`, and its failures never change the upload. A plugin
+overrides `process`, `finished`, or both.
 
 CPU-heavy work (decoding an image) goes through `off_loop`: a bounded pool of
 threads, so the event loop keeps serving and a burst of uploads cannot start
@@ -123,6 +124,9 @@ class Processor(Generic[OptionsT]):
     async def close(self) -> None:
         """Release what the plugin holds (connections); called at shutdown."""
 
+
+#: The longest a `finished` hook may run (a plugin's own retries included).
+FINISHED_TIMEOUT = 900.0
 
 #: Threads for plugins' CPU work, bounded: work beyond it waits its turn.
 _CPU = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="uploadsvc-plugin")
