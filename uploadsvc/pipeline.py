@@ -171,7 +171,12 @@ def _overrides(plugin: Processor[Any], method: str) -> bool:
 
 
 def load_pipeline(settings: Settings) -> Pipeline:
-    """Build the configured pipeline; `ConfigError` for an unknown or broken plugin."""
+    """Build the configured pipeline; `ConfigError` for an unknown or broken plugin,
+    and for options of a plugin the pipeline does not name (a typo in a section
+    name must not switch an allow list off in silence)."""
+    for name in settings.plugins:
+        if name not in settings.processing.pipeline:
+            raise ConfigError(f"plugins.{name}: no plugin {name!r} in processing.pipeline")
     return Pipeline(
         [
             (name, _create(name, settings.plugins.get(name, {})))

@@ -91,7 +91,10 @@ class Upload(Protocol):
 
     def reject(self, reason: str) -> NoReturn:
         """Refuse the upload: it ends `failed` with `reason`, its bytes and derived
-        files are removed, and the blocking path answers 422 `rejected`."""
+        files are removed, and the blocking path answers 422 `rejected`.
+
+        It raises `Rejection`: an `except Exception` around it would swallow it.
+        """
         ...
 
     def derive(self, name: str, content_type: str) -> AbstractAsyncContextManager[DerivedWriter]:

@@ -34,7 +34,11 @@ def _start(tmp_path: Path, site: Path, names: list[str], **processing: object) -
             "staging": {"url": f"file://{tmp_path / 'staging'}"},
             "jobs": {"lease_seconds": LEASE},
             "processing": processing,
-            "plugins": {"countruns": {"log": str(tmp_path / "runs.log"), "seconds": 4.0}},
+            "plugins": (
+                {"countruns": {"log": str(tmp_path / "runs.log"), "seconds": 4.0}}
+                if processing
+                else {}
+            ),
         },
     )
     started = [Instance(config, plugin_env(site), tmp_path / f"{name}.log") for name in names]

@@ -284,7 +284,7 @@ def test_a_shipped_plugin_is_loaded_with_its_options(plugins_dir: Path) -> None:
     settings = parse_settings(
         {
             "processing": {"pipeline": ["echo"], "timeout_seconds": 7},
-            "plugins": {"echo": {"greeting": "hi", "n": 3}, "unused": {"x": 1}},
+            "plugins": {"echo": {"greeting": "hi", "n": 3}},
         }
     )
     built = load_pipeline(settings)
@@ -405,3 +405,16 @@ def test_an_installed_entry_point_plugin_is_loaded(
         "by_module": {"options": {"greeting": "", "n": 0}, "filename": "a.txt"},
         "by_class": {"options": {"greeting": "", "n": 2}, "filename": "a.txt"},
     }
+
+
+def test_options_of_a_plugin_the_pipeline_does_not_name_are_a_config_error(
+    plugins_dir: Path,
+) -> None:
+    """`[plugins.mimetyp]` (a typo) must not leave the real plugin without its allow list."""
+    add_plugin(plugins_dir, "echo", ECHO)
+    settings = parse_settings(
+        {"processing": {"pipeline": ["echo"]}, "plugins": {"ehco": {"greeting": "hi"}}}
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_pipeline(settings)
+    assert str(caught.value) == "plugins.ehco: no plugin 'ehco' in processing.pipeline"
