@@ -165,3 +165,27 @@ def test_the_sweep_removes_derived_files_no_record_owns(
     asyncio.run(orphan_and_sweep())
     assert not any(orphan in k for k in backend.leftovers())
     assert live.http.get(kept["derived"]["preview"]).content == b"STILL HERE"
+
+
+class Hanging(Processor[Options]):
+    async def process(self, upload: Upload) -> Mapping[str, Any]:
+        async with upload.derive("preview", "text/plain") as out:
+            await out.write(b"started")
+        await asyncio.Event().wait()  # never set
+        return {}
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_hanging_processor_fails_at_its_timeout_while_the_service_keeps_serving(
+    live_factory: Callable[..., Live], backend: Backend, path: str
+) -> None:
+    live = live_factory(pipeline=Pipeline([("hanging", Hanging(Options()))], timeout=1.0))
+    answer = live.http.post(path, files={"file": ("f", b"bytes")})
+    if path == "/upload-nonblocking/":
+        assert live.http.get("/healthz").status_code == 200
+    record = wait_for_status(live, answer.json()["id"])
+    assert record["status"] == "failed"
+    assert record["error"] == "processor 'hanging' failed: timed out after 1 s"
+    assert not any(k.startswith("derived.") for k in backend.leftovers())
+    assert live.http.get("/healthz").status_code == 200
+    assert live.http.post(path, files={"file": ("g", b"more")}).status_code in (201, 202)
