@@ -1,4 +1,5 @@
-"""`uploadsvc serve [--config PATH] [--host H] [--port P]` and `uploadsvc worker [--config PATH]`.
+"""`uploadsvc serve [--config PATH] [--host H] [--port P] [--workers N]` and
+`uploadsvc worker [--config PATH]`.
 
 A user's mistake (bad configuration, unreachable storage, missing bucket) is
 one line on stderr and exit status 1, never a traceback.
@@ -7,12 +8,17 @@ one line on stderr and exit status 1, never a traceback.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
 from .app import build_app_or_exit
+from .config import ENV_VAR as CONFIG_ENV
+from .metrics import MULTIPROCESS_ENV
 
 #: On SIGTERM: stop accepting, give requests in flight this long to finish, then
 #: hand this instance's jobs back (see jobs.py). Below the 30 s most process
@@ -29,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     serve.add_argument("--host", help="listen address (default: [server] host)")
     serve.add_argument("--port", type=int, help="listen port (default: [server] port)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: [server] workers)")
     worker = commands.add_parser("worker", help="run background jobs from the [queue] (no HTTP)")
     worker.add_argument(
         "--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)"
@@ -40,17 +47,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         work(args.config)
         return 0
-    app = build_app_or_exit(args.config)
+    app = build_app_or_exit(args.config)  # every worker would refuse what this refuses
     server = app.state.settings.server
-    uvicorn.run(
-        app,
-        host=args.host or server.host,
-        port=server.port if args.port is None else args.port,
-        loop="uvloop",
-        http="httptools",
-        log_level="info",
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-    )
+    options: dict[str, Any] = {
+        "host": args.host or server.host,
+        "port": server.port if args.port is None else args.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "log_level": "info",
+        "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS,
+    }
+    workers = server.workers if args.workers is None else args.workers
+    if workers < 1:
+        parser.error("--workers must be at least 1")
+    if workers == 1:
+        uvicorn.run(app, **options)
+        return 0
+    # Each worker builds its own app from the same file, and their metrics
+    # meet in one fresh folder (see metrics.py).
+    if args.config is not None:
+        os.environ[CONFIG_ENV] = str(args.config.resolve())
+    with tempfile.TemporaryDirectory(prefix="uploadsvc-metrics-") as folder:
+        os.environ[MULTIPROCESS_ENV] = folder
+        uvicorn.run("uploadsvc.app:app", workers=workers, **options)
     return 0
 
 

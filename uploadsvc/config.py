@@ -30,6 +30,9 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
+    #: Processes `uploadsvc serve` runs (uvicorn workers); they share the storage
+    #: as separate instances would.
+    workers: int = Field(default=1, ge=1)
 
 
 class StorageSettings(_Section):
@@ -82,6 +85,12 @@ class LimitsSettings(_Section):
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
 
 
+class MetricsSettings(_Section):
+    enabled: bool = True
+    #: Served without a token even when [auth] tokens are set.
+    public: bool = False
+
+
 class ProcessingSettings(_Section):
     pipeline: list[str] = Field(default_factory=list)
     timeout_seconds: float = Field(default=300.0, gt=0)
@@ -95,6 +104,7 @@ class Settings(_Section):
     jobs: JobsSettings = Field(default_factory=JobsSettings)
     queue: QueueSettings = Field(default_factory=QueueSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def staging_options(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from .leases import (
     renewing,
 )
 from .leftovers import remove_leftovers
+from .metrics import JOBS
 from .models import Job, Status, StoredRecord, age_seconds, now
 from .queues import JobQueue, LocalQueue
 from .service import UploadService
@@ -188,6 +189,7 @@ class Jobs:
     async def sweep(self) -> None:
         """Resume what nobody holds: queued uploads, expired leases, due retries."""
         moment = instant()
+        counts = dict.fromkeys((s for s in Status if not s.final), 0)
         for upload_id in await self.records.active():
             try:
                 record = await self.records.get(upload_id)
@@ -202,8 +204,12 @@ class Jobs:
                 continue
             if record.status.final:
                 await self.records.forget_active(upload_id)
-            elif claimable(record, moment):
+                continue
+            counts[record.status] += 1
+            if claimable(record, moment):
                 await self.queue.push(upload_id)
+        for status, count in counts.items():
+            JOBS.labels(status.value).set(count)
 
     # One run.
 

@@ -22,8 +22,9 @@ import importlib.util
 import inspect
 import logging
 import sys
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -35,6 +36,7 @@ import pydantic_core
 
 from . import derived
 from .config import ConfigError, Settings
+from .metrics import PROCESSOR_DURATION
 from .models import UploadRecord
 from .plugin import FINISHED_TIMEOUT, DerivedWriter, Processor, Rejection
 from .resources import PLUGINS_DIR
@@ -112,21 +114,25 @@ class Pipeline:
         outcome = Outcome()
         upload = _Upload(UploadRecord.model_validate(record.public()), storage, outcome.derived)
         for name, processor in self.processing:
-            deadline = asyncio.timeout(self.timeout)
-            try:
-                async with deadline:
-                    result = dict(await processor.process(upload))
-                # It goes into the JSON record: fail here, naming the plugin,
-                # with the serializer the record itself uses.
-                pydantic_core.to_json(result)
-                outcome.results[name] = result
-            except Rejection as e:
-                raise ProcessingRejected(name, e.reason) from None
-            except Exception as e:
-                if deadline.expired():  # ours, not a timeout raised inside the processor
-                    raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None
-                raise ProcessingFailed(name, str(e) or type(e).__name__) from e
+            with _timed(name):
+                outcome.results[name] = await self._step(name, processor, upload)
         return outcome
+
+    async def _step(self, name: str, processor: Processor[Any], upload: _Upload) -> dict[str, Any]:
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                result = dict(await processor.process(upload))
+            # It goes into the JSON record: fail here, naming the plugin,
+            # with the serializer the record itself uses.
+            pydantic_core.to_json(result)
+        except Rejection as e:
+            raise ProcessingRejected(name, e.reason) from None
+        except Exception as e:
+            if deadline.expired():  # ours, not a timeout raised inside the processor
+                raise ProcessingFailed(name, f"timed out after {self.timeout:g} s") from None
+            raise ProcessingFailed(name, str(e) or type(e).__name__) from e
+        return result
 
     def announce(self, record: UploadRecord) -> None:
         """Tell the listening plugins that `record` is final, in the background."""
@@ -164,6 +170,21 @@ class Pipeline:
                 log.warning("upload %s: plugin %s: finished failed: %r", record.id, name, e)
 
         await asyncio.gather(*(tell(n, p) for n, p in self.listening))
+
+
+@contextmanager
+def _timed(name: str) -> Iterator[None]:
+    """Observe one processor's duration, by its outcome (ok, rejected, failed)."""
+    started = time.monotonic()
+    outcome = "failed"
+    try:
+        yield
+        outcome = "ok"
+    except ProcessingRejected:
+        outcome = "rejected"
+        raise
+    finally:
+        PROCESSOR_DURATION.labels(name, outcome).observe(time.monotonic() - started)
 
 
 def _overrides(plugin: Processor[Any], method: str) -> bool:

@@ -25,6 +25,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from .errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from .filenames import safe_filename, safe_media_type
+from .metrics import RECEIVED_BYTES
 from .offload import Lane
 from .storage import BLOCK_SIZE, ObjectWriter
 
@@ -195,4 +196,6 @@ async def receive_file(
     except BaseException:
         await hashing.cancel()
         raise
+    finally:
+        RECEIVED_BYTES.inc(received)
     return Received(collector.filename, collector.content_type, collector.size, digest.hexdigest())

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from .config import ConfigError, Settings
@@ -21,6 +22,7 @@ from .queues import JobQueue
 from .service import UploadService
 from .storage import Ability, Storage, check_in_time, open_storage
 from .storage.locations import check_apart
+from .storage.metered import meter
 
 STARTUP_CHECK_TIMEOUT = 15.0
 
@@ -33,8 +35,8 @@ def build_jobs(
     """The service and its jobs; `storage` and `pipeline` replace the configured ones (tests)."""
     check_apart(settings.storage.url, settings.staging.url)
     service = UploadService(
-        storage=storage or open_storage(settings.storage.url, settings.storage.options),
-        staging=open_storage(settings.staging.url, settings.staging_options()),
+        storage=meter(storage or open_storage(settings.storage.url, settings.storage.options)),
+        staging=meter(open_storage(settings.staging.url, settings.staging_options())),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
     )
@@ -80,7 +82,15 @@ def check_reachable(jobs: Jobs) -> None:
         await check_in_time(service.staging, STARTUP_CHECK_TIMEOUT)
         await jobs.queue.check(STARTUP_CHECK_TIMEOUT)
 
-    asyncio.run(all_of_them())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(all_of_them())
+        return
+    # uvicorn imports `uploadsvc.app:app` inside its running loop (its own
+    # workers, `uvicorn uploadsvc.app:app`): check on a loop of our own.
+    with ThreadPoolExecutor(1, thread_name_prefix="uploadsvc-check") as thread:
+        thread.submit(asyncio.run, all_of_them()).result()
 
 
 def or_exit(build: Callable[[], T]) -> T:

@@ -12,8 +12,9 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
+from .. import metrics
 from ..errors import (
     BadRequest,
     Conflict,
@@ -95,18 +96,19 @@ def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> R
 )
 async def upload_blocking(request: Request) -> Response:
     jobs = _jobs(request)
-    record = await _service(request).receive_blocking(
-        # The body straight from Starlette, no wrapper: this loop runs once per
-        # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
-        request.stream(),
-        request.headers.get("content-type"),
-        _content_length(request),
-        lease=partial(jobs.lease, jobs.blocking_owner()),
-    )
-    if not record.status.final:
-        record = await jobs.run_held(record)
-    if record.rejected:
-        raise UploadRejected(record.error or "rejected", record.id)
+    with metrics.upload("blocking"):
+        record = await _service(request).receive_blocking(
+            # The body straight from Starlette, no wrapper: this loop runs once per
+            # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
+            request.stream(),
+            request.headers.get("content-type"),
+            _content_length(request),
+            lease=partial(jobs.lease, jobs.blocking_owner()),
+        )
+        if not record.status.final:
+            record = await jobs.run_held(record)
+        if record.rejected:
+            raise UploadRejected(record.error or "rejected", record.id)
     return _answer(request, record, 201, record.public())
 
 
@@ -119,13 +121,14 @@ async def upload_blocking(request: Request) -> Response:
     summary="Upload a file; answer once the bytes are durably received",
 )
 async def upload_nonblocking(request: Request, background: BackgroundTasks) -> Response:
-    record = await _service(request).receive_background(
-        # The body straight from Starlette, no wrapper: this loop runs once per
-        # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
-        request.stream(),
-        request.headers.get("content-type"),
-        _content_length(request),
-    )
+    with metrics.upload("background"):
+        record = await _service(request).receive_background(
+            # The body straight from Starlette, no wrapper: this loop runs once per
+            # received chunk. A vanished client (ClientDisconnect) is mapped in errors.py.
+            request.stream(),
+            request.headers.get("content-type"),
+            _content_length(request),
+        )
     background.add_task(_jobs(request).nudge, record.id)
     accepted = Accepted(id=record.id, status=record.status, status_url=f"/uploads/{record.id}")
     return _answer(request, record, 202, accepted.model_dump(mode="json"))
@@ -250,6 +253,19 @@ router.add_api_route(
 async def delete_upload(request: Request, upload_id: str) -> Response:
     await _jobs(request).delete(upload_id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    summary="Metrics in the Prometheus text format",
+)
+async def get_metrics(request: Request) -> Response:
+    if not request.app.state.settings.metrics.enabled:
+        raise NotFound("metrics are disabled ([metrics] enabled = false)")
+    body, content_type = metrics.exposition(request.headers.get("accept", ""))
+    return Response(body, headers={"Content-Type": content_type})
 
 
 @router.get("/healthz", response_model=Health, responses=error_responses(StorageUnavailable))
