@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.api.helpers import wait_until
 from tests.backends import Backend
+from tests.backends.tools import free_port
 from tests.e2e.conftest import write_toml
 
 
@@ -56,3 +59,37 @@ def test_unreachable_endpoint_stops_start_up(backend: Backend, tmp_path: Path) -
     if down is None:
         pytest.skip(f"{backend.name} lives in this process: it cannot be unreachable")
     assert_one_line_naming(serve(down, tmp_path), down.url)
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"], indirect=True)
+def test_uvicorn_serves_the_app_by_its_import_string(backend: Backend, tmp_path: Path) -> None:
+    """`uvicorn uploadsvc.app:app` imports the app inside its running loop: the start-up
+    check must still run, and the storage it touched must work on uvicorn's loop."""
+    config = write_toml(
+        tmp_path / "service.toml",
+        {
+            "storage": {"url": backend.url, "options": backend.options},
+            "staging": {"url": f"file://{tmp_path / 'staging'}"},
+        },
+    )
+    port = free_port()
+    env = {**os.environ, "UPLOADSVC_CONFIG": str(config)}
+    command = [sys.executable, "-m", "uvicorn", "uploadsvc.app:app", "--port", str(port)]
+    with subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE) as proc:
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_until(lambda: proc.poll() is not None or _answers(f"{url}/healthz"), timeout=60)
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            answer = httpx.post(f"{url}/upload-blocking/", files={"file": ("f", b"hi")}, timeout=30)
+            assert answer.status_code == 201, answer.text
+            assert httpx.get(f"{url}{answer.json()['url']}").content == b"hi"
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
