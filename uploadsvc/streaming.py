@@ -16,9 +16,12 @@ knows no HTTP and no storage backend: it raises domain errors and writes to an
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from urllib.parse import unquote
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -101,10 +104,13 @@ class _Collector:
             return
         if self.filename is not None:
             raise BadRequest(f"more than one {FILE_FIELD!r} field; send one file per upload")
-        raw_name = params.get(b"filename")
-        if raw_name is None:
-            raise BadRequest(f"field {FILE_FIELD!r} is not a file (no filename)")
-        self.filename = safe_filename(raw_name.decode("utf-8", "replace"))
+        name = extended_filename(self.part.headers["content-disposition"])
+        if name is None:
+            raw_name = params.get(b"filename")
+            if raw_name is None:
+                raise BadRequest(f"field {FILE_FIELD!r} is not a file (no filename)")
+            name = raw_name.decode("utf-8", "replace")
+        self.filename = safe_filename(name)
         self.content_type = safe_media_type(self.part.headers.get("content-type"))
         self.part.is_file = True
 
@@ -131,8 +137,58 @@ class _Collector:
         return block
 
 
-def multipart_parser(content_type: str | None, collector: _Collector) -> MultipartParser:
-    """A parser for a multipart/form-data body; 415 or 400 otherwise."""
+def extended_filename(disposition: str) -> str | None:
+    """The `filename*` parameter (RFC 8187: `UTF-8''r%C3%A9sum%C3%A9.txt`), decoded;
+    it wins over `filename` (RFC 6266), which python-multipart alone reads."""
+    found = _EXTENDED_FILENAME.search(disposition)
+    if found is None:
+        return None
+    charset, _, encoded = found.group(1).strip().strip('"').partition("'")
+    _, _, encoded = encoded.partition("'")  # the language tag, unused
+    try:
+        codec = codecs.lookup(charset or "utf-8").name
+    except LookupError:
+        raise BadRequest(f"unknown charset {charset!r} in filename*") from None
+    return unquote(encoded, encoding=codec, errors="replace")
+
+
+_EXTENDED_FILENAME = re.compile(r"(?:^|;)\s*filename\*\s*=\s*([^;]*)", re.IGNORECASE)
+
+
+class _Preamble:
+    """Skips what comes before the first boundary (RFC 2046 allows a preamble,
+    python-multipart does not): bounded, so it cannot be a way to stream forever."""
+
+    LIMIT = 64 << 10
+
+    def __init__(self, boundary: bytes) -> None:
+        self.delimiter = b"--" + boundary
+        self.seen = bytearray()
+        self.done = False
+
+    def skip(self, chunk: bytes) -> bytes:
+        """The part of `chunk` (with what came before) the parser should see."""
+        self.seen += chunk
+        if self.seen.startswith(self.delimiter):
+            start = 0
+        else:
+            start = self.seen.find(b"\r\n" + self.delimiter)
+            if start < 0:
+                if len(self.seen) > self.LIMIT:
+                    raise BadRequest("malformed multipart body: no boundary in the first 64 KiB")
+                return b""
+            start += 2
+        self.done = True
+        rest = bytes(self.seen[start:])
+        self.seen.clear()
+        return rest
+
+
+def multipart_parser(
+    content_type: str | None, collector: _Collector
+) -> tuple[MultipartParser, _Preamble]:
+    """A parser for a multipart/form-data body, and what skips its preamble; 415 or
+    400 otherwise."""
     media_type, params = parse_options_header(content_type)
     if media_type != b"multipart/form-data":
         raise UnsupportedMediaType("send the file as multipart/form-data in field 'file'")
@@ -140,9 +196,10 @@ def multipart_parser(content_type: str | None, collector: _Collector) -> Multipa
     if not boundary:
         raise BadRequest("multipart/form-data without a boundary")
     try:
-        return MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     except FormParserError as e:  # an overlong boundary, say
         raise BadRequest(f"malformed multipart body: {e}") from None
+    return parser, _Preamble(boundary)
 
 
 def check_body_length(length: int | None, limit: int) -> None:
@@ -163,7 +220,7 @@ async def receive_file(
 ) -> Received:
     """Stream the `file` field of `body` into `writer` (not committed), hashing it."""
     collector = _Collector(limit)
-    parser = multipart_parser(content_type, collector)
+    parser, preamble = multipart_parser(content_type, collector)
     received = 0
     digest = hashlib.sha256()
     hashing = Lane()
@@ -171,6 +228,8 @@ async def receive_file(
         async for chunk in body:
             received += len(chunk)
             check_body_length(received, limit)
+            if not preamble.done:
+                chunk = preamble.skip(chunk)
             try:
                 parser.write(chunk)
             except FormParserError as e:

@@ -127,3 +127,16 @@ def test_the_upload_pages_say_which_processing_a_blocking_upload_waits_for(
     blocking, background = live.http.get("/").text, live.http.get("/background").text
     assert "Processing here: delay (2.5 s)." in blocking and "You wait for it" in blocking
     assert "Processing here: delay (2.5 s)." in background and "You will not wait" in background
+
+
+def test_an_error_page_names_the_error_not_a_failed_upload(live: Live) -> None:
+    missing = live.http.get(f"/uploads/{'0' * 28}", headers={"Accept": BROWSER_ACCEPT})
+    assert missing.status_code == 404
+    assert "<h1>Not found</h1>" in missing.text and "Upload failed" not in missing.text
+    too_large = live.http.post(
+        "/upload-blocking/",
+        files={"file": ("big", b"x" * ((32 << 20) + 1))},
+        headers={"Accept": BROWSER_ACCEPT},
+    )
+    assert too_large.status_code == 413
+    assert "<h1>The file is too large</h1>" in too_large.text

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from uploadsvc.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from uploadsvc.storage import BLOCK_SIZE, ObjectInfo, ObjectWriter
@@ -405,3 +408,68 @@ def test_an_epilogue_after_the_closing_boundary_counts_too() -> None:
 def test_an_overlong_boundary_is_a_bad_request() -> None:
     with pytest.raises(BadRequest, match="malformed"):
         receive([b"--x"], limit=1000, content_type="multipart/form-data; boundary=" + "b" * 300)
+
+
+# -- preamble, filename*, random cuts ---------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 1 << 20])
+def test_a_preamble_before_the_first_boundary_is_skipped(chunk_size: int) -> None:
+    """RFC 2046 lets a body start with text before its first boundary."""
+    data = payload(5000)
+    body = b"This is a multi-part message in MIME format.\r\n" + file_form(data)
+    received = receive(split(body, chunk_size))
+    assert received.size == len(data)
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_preamble_without_end_is_bad_request() -> None:
+    with pytest.raises(BadRequest, match="no boundary in the first 64 KiB"):
+        receive(split(b"x" * (80 << 10) + file_form(b"late"), 8 << 10))
+
+
+def _disposition_form(disposition: str, data: bytes = b"x") -> bytes:
+    headers = f"Content-Disposition: {disposition}\r\n"
+    return f"--{BOUNDARY}\r\n{headers}\r\n".encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+@pytest.mark.parametrize(
+    ("disposition", "name"),
+    [
+        ("form-data; name=\"file\"; filename*=UTF-8''r%C3%A9sum%C3%A9.txt", "résumé.txt"),
+        (
+            'form-data; name="file"; filename="resume.txt"; '
+            "filename*=utf-8'en'r%C3%A9sum%C3%A9.txt",
+            "résumé.txt",
+        ),
+        ("form-data; name=\"file\"; filename*=ISO-8859-1''caf%E9.txt", "café.txt"),
+    ],
+    ids=["only-extended", "extended-wins", "latin-1"],
+)
+def test_an_extended_filename_is_decoded_and_preferred(disposition: str, name: str) -> None:
+    assert receive([_disposition_form(disposition)]).filename == name
+
+
+def test_an_unknown_charset_in_filename_star_is_bad_request() -> None:
+    body = _disposition_form("form-data; name=\"file\"; filename*=x-nope''a.txt")
+    with pytest.raises(BadRequest, match="unknown charset"):
+        receive([body])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.binary(max_size=3 * 1024),
+    cuts=st.lists(st.integers(min_value=0, max_value=4 * 1024), max_size=12),
+    preamble=st.sampled_from([b"", b"preamble\r\n"]),
+)
+def test_any_cut_of_a_body_gives_the_same_file_and_hash(
+    data: bytes, cuts: list[int], preamble: bytes
+) -> None:
+    body = preamble + file_form(data)
+    points = sorted({min(c, len(body)) for c in cuts} | {0, len(body)})
+    chunks = [body[a:b] for a, b in itertools.pairwise(points)]
+    writer = FakeWriter()
+    received = receive(chunks, writer=writer)
+    assert received.size == len(data)
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
+    assert b"".join(writer.blocks) == data

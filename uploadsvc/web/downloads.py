@@ -8,10 +8,14 @@ without a server. The bytes are always sent as an attachment with
 from __future__ import annotations
 
 import mimetypes
+import re
+import unicodedata
 from urllib.parse import quote
 
 from ..errors import RangeNotSatisfiable
 from ..models import UploadRecord
+
+_DIGITS = re.compile(r"[0-9]*")
 
 
 def etag(record: UploadRecord) -> str:
@@ -43,8 +47,8 @@ def byte_range(
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash:
-        return None
+    if not dash or not _DIGITS.fullmatch(first) or not _DIGITS.fullmatch(last):
+        return None  # int() would take "1_0", "+5", " 5" or other scripts' digits
     try:
         if first == "":
             suffix = int(last)
@@ -78,10 +82,21 @@ def derived_filename(record: UploadRecord, name: str, content_type: str) -> str:
     return f"{record.filename}.{name}{mimetypes.guess_extension(content_type) or ''}"
 
 
+def ascii_fallback(filename: str) -> str:
+    """The `filename=` a client without RFC 8187 support saves: `résumé.txt` ->
+    `resume.txt` (accents dropped, not `r?sum?.txt`, which Windows refuses);
+    what has no ASCII form, and what Windows forbids in names, becomes `_`."""
+    decomposed = unicodedata.normalize("NFKD", filename)
+    plain = "".join(c for c in decomposed if not unicodedata.combining(c))
+    return "".join(c if " " <= c <= "~" and c not in _NOT_ON_WINDOWS else "_" for c in plain)
+
+
+_NOT_ON_WINDOWS = frozenset('<>:"/\\|?*')
+
+
 def safe_headers(filename: str) -> dict[str, str]:
     """What every file we serve carries: an attachment that no browser runs as ours."""
-    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_")
-    ascii_name = ascii_name.replace("\\", "_")
+    ascii_name = ascii_fallback(filename)
     return {
         "Content-Disposition": (
             f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
