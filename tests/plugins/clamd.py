@@ -73,8 +73,14 @@ def ping_tcp(port: int) -> bytes:
 
 
 @contextmanager
-def serve(home: Path, stream_max_bytes: int = STREAM_MAX_BYTES) -> Iterator[Clamd]:
+def serve(
+    home: Path, stream_max_bytes: int = STREAM_MAX_BYTES, cache: bool = True
+) -> Iterator[Clamd]:
     """clamd until the block ends, with its config, database, socket and log in `home`.
+
+    `cache=False` sets `DisableCache yes`: clamd otherwise remembers the MD5 of every
+    clean file and answers the same bytes again without scanning them (a benchmark
+    that sends one file several times would time a hash, not a scan).
 
     It runs as the test user: as root, clamd 1.4 starts without a `User` line
     and keeps root, so it can read the session's private temporary folder.
@@ -103,7 +109,7 @@ def serve(home: Path, stream_max_bytes: int = STREAM_MAX_BYTES) -> Iterator[Clam
         # What clamd cannot scan whole is reported, never answered OK.
         f"MaxFileSize {stream_max_bytes}\n"
         f"MaxScanSize {stream_max_bytes}\n"
-        "AlertExceedsMax yes\n"
+        "AlertExceedsMax yes\n" + ("" if cache else "DisableCache yes\n")
     )
     started = time.monotonic()
     output = home / "clamd.out"
