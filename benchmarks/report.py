@@ -7,10 +7,13 @@ figures on a shared VM drift from run to run while ratios measured in the same r
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from listing import ListingResult
+from processors import ProcessorResult
 from recovery import RecoveryResult
 from scenarios import ConcurrencyResult, HealthResult, Row
 from stores import EMULATORS, TITLES
@@ -27,6 +30,9 @@ def fmt(value: float | None, digits: int = 0, suffix: str = "") -> str:
 TEXT_COLUMNS = {
     "row",
     "app",
+    "server",
+    "processor",
+    "file",
     "storage",
     "target",
     "rule",
@@ -123,6 +129,117 @@ def concurrency_table(results: Sequence[ConcurrencyResult]) -> str:
             f"ERROR: {c.error[:120]}" if c.error else "",
         ]
         for c in results
+    ]
+    return markdown_table(headers, lines)
+
+
+def workers_table(results: Sequence[ConcurrencyResult], cores: int | None = None) -> str:
+    """`serve --workers N` rows, each against the one-worker row of the same run."""
+    one = next((c for c in results if c.workers == 1 and c.uploads_per_s), None)
+    one_rate = None if one is None else one.uploads_per_s
+    one_cpu = None if one is None else one.server_cpu_ms_per_upload
+    headers = [
+        "server",
+        "uploads",
+        "uploads/s",
+        "x 1 worker",
+        "p50 ms",
+        "p99 ms",
+        "server CPU ms/upload",
+        "x 1 worker CPU",
+        "client CPU ms/upload",
+        "peak RSS MiB",
+        "note",
+    ]
+
+    def ratio(value: float | None, base: float | None) -> float | None:
+        return None if value is None or not base else value / base
+
+    def note(c: ConcurrencyResult) -> str:
+        if c.error:
+            return f"ERROR: {c.error[:120]}"
+        parts = []
+        if c.processes is not None and c.total_peak_rss_bytes is not None:
+            processes = f"{c.processes} process{'es' if c.processes != 1 else ''}"
+            parts.append(
+                f"{processes}, {c.total_peak_rss_bytes / MiB:,.0f} MiB of peak RSS added over "
+                "them; server CPU is the whole tree's"
+            )
+        parts.append(
+            f"{cores or 'the'} cores shared by the server, the client (one Python process) "
+            "and the kernel"
+        )
+        return "; ".join(parts)
+
+    lines = [
+        [
+            f"uploadsvc serve --workers {c.workers}",
+            f"{c.count} x {human_size(c.size)}",
+            fmt(c.uploads_per_s),
+            fmt(ratio(c.uploads_per_s, one_rate), 2, "x"),
+            fmt(c.p50_ms, 1),
+            fmt(c.p99_ms, 1),
+            fmt(c.server_cpu_ms_per_upload, 2),
+            fmt(ratio(c.server_cpu_ms_per_upload, one_cpu), 2, "x"),
+            fmt(c.client_cpu_ms_per_upload, 2),
+            fmt(None if c.peak_rss_bytes is None else c.peak_rss_bytes / MiB),
+            note(c),
+        ]
+        for c in results
+    ]
+    return markdown_table(headers, lines)
+
+
+def processors_table(results: Sequence[ProcessorResult]) -> str:
+    """Each processor's blocking upload beside the same file's with an empty pipeline."""
+    headers = [
+        "processor",
+        "file",
+        "upload s",
+        "empty pipeline s",
+        "x time",
+        "processor s",
+        "peak RSS MiB",
+        "empty pipeline MiB",
+        "x RSS",
+        "server CPU s",
+        "note",
+    ]
+
+    def mib(value: int | None) -> float | None:
+        return None if value is None else value / MiB
+
+    def note(r: ProcessorResult) -> str:
+        if r.error:
+            return f"ERROR: {r.error[:160]}"
+        parts = [r.note] if r.note else []
+        if r.result is not None:
+            parts.append(f"said {json.dumps(r.result, separators=(',', ':'))[:120]}")
+        if r.helper is not None:
+            parts.append(
+                f"{r.helper}: {fmt(r.helper_cpu_s, 2)} CPU s per upload, "
+                f"peak RSS {fmt(mib(r.helper_peak_rss_bytes))} MiB, "
+                f"{fmt(r.helper_alone_s, 3)} s for the file from a plain client"
+            )
+        if r.limit_server_cpu_s is not None:
+            parts.append(f"empty pipeline's server CPU {r.limit_server_cpu_s:.2f} s")
+        return "; ".join(parts)
+
+    lines = [
+        [
+            r.processor,
+            r.file,
+            fmt(r.upload_s, 3),
+            fmt(r.limit_upload_s, 3),
+            fmt(r.time_ratio, 2, "x"),
+            fmt(r.processor_s, 4),
+            fmt(mib(r.peak_rss_bytes)),
+            fmt(mib(r.limit_peak_rss_bytes)),
+            fmt(r.rss_ratio, 2, "x"),
+            fmt(r.server_cpu_s, 2),
+            note(r),
+        ]
+        for r in results
     ]
     return markdown_table(headers, lines)
 
@@ -246,6 +363,17 @@ def render(meta: dict[str, Any], results: Results, targets: Sequence[Target]) ->
             results.recovery,
             recovery_table,
         ),
+        (
+            "Processor cost: blocking upload, local folder, pipeline of one plugin "
+            "(median of runs; processor s from /metrics)",
+            results.processors,
+            processors_table,
+        ),
+        (
+            "Workers: 64 x 1 MiB at once, blocking, local, `uploadsvc serve --workers N`",
+            results.workers,
+            partial(workers_table, cores=meta.get("cores")),
+        ),
     ]
     parts = [
         "# uploadsvc benchmark",
@@ -275,5 +403,10 @@ def to_json(meta: dict[str, Any], results: Results, targets: Sequence[Target]) -
         "healthz": [dataclasses.asdict(h) for h in results.healthz],
         "listing": [dataclasses.asdict(r) for r in results.listing],
         "recovery": [dataclasses.asdict(r) for r in results.recovery],
+        "processors": [
+            dataclasses.asdict(r) | {"time_ratio": r.time_ratio, "rss_ratio": r.rss_ratio}
+            for r in results.processors
+        ],
+        "workers": [dataclasses.asdict(c) for c in results.workers],
         "targets": [dataclasses.asdict(t) for t in targets],
     }

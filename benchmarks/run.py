@@ -4,11 +4,12 @@
 
 (`make bench` / `make bench-quick` run it with the project's virtualenv.) Takes about 20
 minutes on 2 cores; `--quick` a few. Everything runs on this machine, on 127.0.0.1 only: real
-uvicorn server processes with one worker, each store's emulator as its own process (moto,
-Azurite, fake-gcs-server, OpenSSH: started as the test suite starts them, see stores.py),
-clients in processes of their own. Files of random bytes are made in a temporary folder on
-the same filesystem as every storage root; the folder and every process started are removed
-at the end, also after an error or Ctrl-C.
+uvicorn server processes with one worker (two in a workers row), each store's emulator and
+clamd as its own process (moto, Azurite, fake-gcs-server, OpenSSH, clamd: started as the test
+suite starts them, see stores.py and processors.py), clients in processes of their own.
+Files of random bytes are made in a temporary folder on the same filesystem as every storage
+root; the folder and every process started are removed at the end, also after an error or
+Ctrl-C.
 
 What is measured, in this order:
   1. the disk's limit: `cp FILE DEST && sync` of the same files;
@@ -16,13 +17,17 @@ What is measured, in this order:
      64 concurrent 1 MiB uploads, /healthz latency during a big upload;
   3. uploadsvc, local folder: blocking and background uploads, the same two other rows,
      recovery after SIGKILL (recovery.py) and listing cost (listing.py);
-  4. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
+  4. processor cost (processors.py): a blocking upload through each shipped processor plugin,
+     beside the same file with an empty pipeline; and workers: 64 concurrent 1 MiB uploads
+     against `uploadsvc serve --workers 1` and `--workers 2`;
+  5. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
      `put_file` limit, uploadsvc's blocking and background uploads, recovery, listing;
-  5. one row per other storage backend, each against a fresh emulator: the library's own
+  6. one row per other storage backend, each against a fresh emulator: the library's own
      `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking and background uploads of
      the same file.
-How each row is timed is in scenarios.py, listing.py and recovery.py; the targets and their
-reading in targets.py.
+How each row is timed is in scenarios.py, listing.py, recovery.py and processors.py; the
+targets and their reading in targets.py (the processor and worker rows have none: each is
+reported against its own limit, measured in the same run).
 
 Needs the project's dependencies, plus the `test` extra (moto[server], boto3, pytest, and
 each backend's library and emulator wrapper); a missing package is named at start, with the
@@ -50,6 +55,7 @@ from types import FrameType
 from typing import Any
 
 import listing
+import processors
 import recovery
 import report
 import scenarios
@@ -83,7 +89,9 @@ QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1, records
 #: Storage backends with a row each beside S3's, in the order they run.
 BACKENDS = ["azure", "gcs", "sftp"]
 #: Groups of rows `--rows` can pick.
-ROW_GROUPS = ["uploads", "recovery", "listing", "backends"]
+ROW_GROUPS = ["uploads", "recovery", "listing", "processors", "workers", "backends"]
+#: `uploadsvc serve --workers N` for the workers rows; the first is the others' limit.
+WORKER_COUNTS = (1, 2)
 
 # Module name -> what to install. Checked before anything starts, so a missing package is
 # one clear line, not a server that dies with a traceback in a log file.
@@ -109,6 +117,12 @@ NEEDED_BACKENDS = {
         "pytest": TEST_EXTRA,
     },
     "sftp": {"sshfs": TEST_EXTRA, "pytest": TEST_EXTRA},
+}
+NEEDED_PROCESSORS = {
+    "prometheus_client": "the project's dependencies: make run (or pip install -e .)",
+    "PIL": "the project's dependencies: make run (or pip install -e .)",
+    "puremagic": "the project's dependencies: make run (or pip install -e .)",
+    "pytest": TEST_EXTRA,  # tests.plugins.clamd, which starts clamd, imports it
 }
 
 
@@ -160,8 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def missing_packages(need_s3: bool, backends: list[str]) -> list[str]:
+def missing_packages(need_s3: bool, backends: list[str], processors: bool = False) -> list[str]:
     needed = {**NEEDED, **(NEEDED_S3 if need_s3 else {})}
+    if processors:
+        needed.update(NEEDED_PROCESSORS)
     for backend in backends:
         needed.update(NEEDED_BACKENDS[backend])
     return [f"{module} ({how})" for module, how in needed.items() if not installed(module)]
@@ -348,6 +364,28 @@ def backend_rows(bench: Bench, kind: str, app: str, mode: str, src: SourceFile) 
         return upload_rows(bench, app, kind, mode, src)
 
 
+def measure_workers(bench: Bench, results: Results) -> None:
+    """The 64 x 1 MiB concurrent row against `serve --workers N` for each of WORKER_COUNTS,
+    a fresh server each; the report gives each against the one-worker row."""
+    for workers in WORKER_COUNTS:
+        conc, error = scenarios.attempt(
+            f"uploadsvc serve --workers {workers}: 64 x 1 MiB concurrent",
+            partial(scenarios.measure_concurrency, bench, UPLOADSVC, workers=workers),
+        )
+        results.workers.append(conc or ConcurrencyResult(UPLOADSVC, 64, MiB, workers, error=error))
+
+
+def file_sizes(args: argparse.Namespace, plan: Plan) -> list[int]:
+    """The random files the chosen groups of rows upload (recovery, listing and the workers
+    rows make their own small payloads)."""
+    sizes: set[int] = set()
+    if "uploads" in args.rows:
+        sizes |= {plan.small, plan.large, plan.healthz}
+    if args.backends or "processors" in args.rows:
+        sizes.add(plan.small)
+    return sorted(sizes)
+
+
 def uploadsvc_problem(bench: Bench) -> str | None:
     """Why uploadsvc can't be benchmarked (not written yet, or does not start), else None."""
     if not (REPO / "uploadsvc" / "cli.py").is_file():
@@ -384,11 +422,14 @@ def run(
     )
     results = Results([], [], [], [], [])
     notes: list[str] = meta["notes"]
-    sizes = sorted({plan.small, plan.large, plan.healthz})
-    ws.check_space(sum(sizes) + 3 * max(sizes) + GiB)
+    sizes = file_sizes(args, plan)
+    ws.check_space(sum(sizes) + 3 * max(sizes, default=0) + GiB)
 
-    scenarios.log(f"making random files: {', '.join(human_size(s) for s in sizes)} in {ws.root}")
-    files = {size: ws.make_file(size, seed=size) for size in sizes}
+    files: dict[int, SourceFile] = {}
+    if sizes:
+        listed = ", ".join(human_size(s) for s in sizes)
+        scenarios.log(f"making random files: {listed} in {ws.root}")
+        files = {size: ws.make_file(size, seed=size) for size in sizes}
 
     if "uploads" in args.rows:
         measure_cp_limits(bench, files, plan, results)
@@ -405,8 +446,12 @@ def run(
             measure_local_app(bench, app, files, plan, results)
     if uploadsvc_ok:
         measure_recovery_and_listing(bench, "local", args.rows, plan, results)
+        if "processors" in args.rows:
+            results.processors.extend(processors.measure(bench, files[plan.small]))
+        if "workers" in args.rows:
+            measure_workers(bench, results)
     if not args.no_s3:
-        srcs = [files[plan.small], files[plan.large]]
+        srcs = [files[size] for size in (plan.small, plan.large) if size in files]
         problem = measure_s3(bench, uploadsvc_ok, srcs, plan, args.rows, results)
         if problem:
             notes.append(f"S3 rows skipped: {problem}")
@@ -423,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.runs:
         plan = dataclasses.replace(plan, runs=args.runs)
-    missing = missing_packages(need_s3=not args.no_s3, backends=args.backends)
+    missing = missing_packages(
+        need_s3=not args.no_s3, backends=args.backends, processors="processors" in args.rows
+    )
     if missing:
         print(
             "benchmarks/run.py: missing Python packages for " + sys.executable + ":",

@@ -41,7 +41,7 @@ import clients
 import servers
 import stores
 from clients import Clients, UploadResult
-from servers import ProcessPool, Server
+from servers import Processing, ProcessPool, Server
 from stores import LIBRARIES, Store
 from workspace import GiB, MiB, SourceFile, Workspace, before_timed_run
 
@@ -144,13 +144,16 @@ class ConcurrencyResult:
     app: str
     count: int
     size: int
+    workers: int | None = None  # `serve --workers N`; None: without the option (one process)
     runs: list[dict[str, Any]] = field(default_factory=list)
     uploads_per_s: float | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
     server_cpu_ms_per_upload: float | None = None
     client_cpu_ms_per_upload: float | None = None
-    peak_rss_bytes: int | None = None
+    peak_rss_bytes: int | None = None  # the largest one process's
+    total_peak_rss_bytes: int | None = None  # every process's peak, added
+    processes: int | None = None  # in the server's tree at the end (parent, workers, helpers)
     error: str | None = None
 
 
@@ -285,9 +288,12 @@ def serving(
     *,
     workdir: Path | None = None,
     jobs: Mapping[str, float] | None = None,
+    processing: Processing | None = None,
+    workers: int | None = None,
 ) -> Iterator[Server]:
     """A fresh `uploadsvc serve` on `root`, its staging folder in `workdir` (so a restart
-    given the same one finds what the last left there); stopped after."""
+    given the same one finds what the last left there); stopped after. `processing` sets
+    its pipeline (none by default), `workers` its `--workers`."""
     workdir = workdir or bench.ws.dir(f"rows/{name}")
     url, options = root
     server = servers.start_uploadsvc(
@@ -300,6 +306,8 @@ def serving(
         staging=workdir / "staging",
         name=name,
         jobs=jobs,
+        processing=processing,
+        workers=workers,
     )
     try:
         yield server
@@ -307,14 +315,31 @@ def serving(
         bench.pool.stop(server.proc)
 
 
+@dataclass(frozen=True)
+class Setup:
+    """How uploadsvc's server is run for a row, beyond storage: its pipeline and workers.
+    The default is what every upload row uses: no pipeline, `serve` without `--workers`."""
+
+    processing: Processing | None = None
+    workers: int | None = None
+
+
 @contextmanager
-def running_app(bench: Bench, app: str, storage: str, stem: str) -> Iterator[AppUnderTest]:
+def running_app(
+    bench: Bench, app: str, storage: str, stem: str, setup: Setup | None = None
+) -> Iterator[AppUnderTest]:
     """A fresh server of `app` writing to a fresh local folder or bucket prefix; stopped after."""
     name = bench.fresh_name(f"{app}-{storage}-{stem}")
+    setup = setup or Setup()
     if app == UPLOADSVC:
-        with serving(bench, name, fresh_root(bench, storage, name)) as server:
+        root = fresh_root(bench, storage, name)
+        with serving(
+            bench, name, root, processing=setup.processing, workers=setup.workers
+        ) as server:
             yield AppUnderTest(app, server, None)
         return
+    if setup != Setup():
+        raise BenchError("only uploadsvc runs with a pipeline or several workers")
     if storage != "local":
         raise BenchError("the baseline app only writes to a local folder")
     workdir = bench.ws.dir(f"rows/{name}")
@@ -353,12 +378,27 @@ def store_cpu(bench: Bench, storage: str) -> Callable[[], dict[str, float]]:
     return lambda: {"store_cpu_s": store.cpu_seconds() - cpu0}
 
 
-def measure_blocking(bench: Bench, app: str, storage: str, src: SourceFile) -> Row:
-    """POST /upload-blocking/ until the 201."""
+#: Starts reading more figures of one run from the server just before its upload; the
+#: function it returns is called once the answer is in and gives them (see `store_cpu`).
+RunFigures = Callable[[Server], Callable[[UploadResult], dict[str, Any]]]
+
+
+def measure_blocking(
+    bench: Bench,
+    app: str,
+    storage: str,
+    src: SourceFile,
+    setup: Setup | None = None,
+    figures: RunFigures | None = None,
+    stem: str = "blocking",
+) -> Row:
+    """POST /upload-blocking/ until the 201. `setup` runs the server with a pipeline (or
+    several workers); `figures` adds what it reads to each run's figures."""
     row = Row(app, storage, "blocking", src.size)
-    with running_app(bench, app, storage, f"blocking-{src.size // MiB}") as target:
+    with running_app(bench, app, storage, f"{stem}-{src.size // MiB}", setup) as target:
         for _ in range(bench.runs):
             bench.prepare(src.size)
+            more = figures(target.server) if figures else None
             cpu0 = target.server.cpu_seconds()
             emulator_cpu = store_cpu(bench, storage)
             result = bench.clients.upload(
@@ -378,6 +418,7 @@ def measure_blocking(bench: Bench, app: str, storage: str, src: SourceFile) -> R
                     "client_cpu_s": result.client_cpu_s,
                     "client_process_cpu_s": result.client_process_cpu_s,
                     **emulator_cpu(),
+                    **(more(result) if more else {}),
                 }
             )
             target.cleanup(result)
@@ -440,17 +481,20 @@ def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]
 
 
 def measure_concurrency(
-    bench: Bench, app: str, count: int = 64, size: int = MiB
+    bench: Bench, app: str, count: int = 64, size: int = MiB, workers: int | None = None
 ) -> ConcurrencyResult:
-    """`count` uploads of `size` bytes started together, blocking path, local storage.
+    """`count` uploads of `size` bytes started together, blocking path, local storage;
+    with `workers`, against `uploadsvc serve --workers N`.
 
     One unmeasured wave first, so first-request costs (lazy imports, folder creation) are not
     charged to the figures. The server's CPU is read before and after each wave's client
-    process, which sends nothing until its payload is ready.
+    process, which sends nothing until its payload is ready; it is the whole process tree's
+    (with workers: the parent, every worker and multiprocessing's resource tracker).
     """
-    res = ConcurrencyResult(app, count, size)
+    res = ConcurrencyResult(app, count, size, workers)
     url_path = "/upload-blocking/"
-    with running_app(bench, app, "local", f"concurrent-{count}x{size // MiB}") as target:
+    stem = f"concurrent-{count}x{size // MiB}" + (f"-workers-{workers}" if workers else "")
+    with running_app(bench, app, "local", stem, Setup(workers=workers)) as target:
         url = target.server.base_url + url_path
         bench.clients.concurrent(url, count, size, timeout=120.0)  # warm-up
         for _ in range(bench.runs):
@@ -476,6 +520,8 @@ def measure_concurrency(
                 }
             )
         res.peak_rss_bytes = target.server.peak_rss_bytes()
+        res.total_peak_rss_bytes = target.server.total_peak_rss_bytes()
+        res.processes = len(servers.process_tree(target.server.proc.pid))
 
     def med(key: str) -> float:
         return float(statistics.median(r[key] for r in res.runs))

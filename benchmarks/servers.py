@@ -10,11 +10,15 @@ emulators are the exception: the test suite's own context managers start and sto
 Costs are read from outside the server, from /proc, the way an operator would see them:
   * peak RSS is `VmHWM` from /proc/PID/status, the kernel's own high-water mark. It only ever
     grows, which is why the harness starts a fresh server for every row.
-  * CPU is utime + stime from /proc/PID/stat (clock ticks; 10 ms on this kernel). Children's
-    cutime/cstime are not added. If the server forked helpers, the live ones are summed in;
-    `uploadsvc serve` and `uvicorn` with one worker run everything in the one process. An
-    emulator's CPU adds its ended children's (sshd serves each connection in processes
-    that end with it).
+  * CPU is utime + stime from /proc/PID/stat (clock ticks; 10 ms on this kernel), summed over
+    the server's whole process tree: the process started and its live descendants, plus
+    what its ended children used (cutime + cstime, counted once, in their reaper). With one
+    worker, `uploadsvc serve` and `uvicorn` run everything in the one process; `uploadsvc
+    serve --workers N` runs a supervising parent, N worker processes and multiprocessing's
+    resource tracker, all counted. An emulator's CPU is read the same way (sshd serves each
+    connection in processes that end with it).
+  * Peak RSS is the largest VmHWM of the tree's processes (one worker's, with several); the
+    sum over the processes is there too, for rows with several workers.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -169,10 +173,16 @@ class Server:
         return f"http://{HOST}:{self.port}"
 
     def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.proc.pid)
+        """The whole tree's: the process, its live descendants and its ended children."""
+        return tree_cpu_seconds(self.proc.pid, reaped_children=True)
 
     def peak_rss_bytes(self) -> int:
+        """The largest peak RSS of one process of the tree."""
         return tree_peak_rss_bytes(self.proc.pid)
+
+    def total_peak_rss_bytes(self) -> int:
+        """The peaks of every live process of the tree, added (several workers)."""
+        return tree_peak_rss_bytes(self.proc.pid, total=True)
 
 
 def free_port() -> int:
@@ -231,6 +241,15 @@ def wait_ready(proc: Proc, port: int, path: str, timeout: float = START_TIMEOUT_
 # ---------------------------------------------------------------- the servers under test
 
 
+@dataclass(frozen=True)
+class Processing:
+    """`[processing]` and `[plugins.<name>]` of a benchmark server: no pipeline by default."""
+
+    pipeline: tuple[str, ...] = ()
+    plugins: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    timeout_seconds: float | None = None
+
+
 def start_uploadsvc(
     pool: ProcessPool,
     *,
@@ -242,8 +261,11 @@ def start_uploadsvc(
     staging: Path,
     name: str,
     jobs: Mapping[str, float] | None = None,
+    processing: Processing | None = None,
+    workers: int | None = None,
 ) -> Server:
-    """`python -m uploadsvc serve --config ...`: the documented way to run the service."""
+    """`python -m uploadsvc serve --config ... [--workers N]`: the documented way to run the
+    service. With `workers`, it is ready once every worker has said its start-up is done."""
     port = free_port()
     config = workdir / f"{name}.toml"
     config.write_text(
@@ -253,11 +275,13 @@ def start_uploadsvc(
             options=storage_options,
             staging=staging,
             jobs=jobs or {},
+            processing=processing or Processing(),
         )
     )
     argv = [python, "-m", "uploadsvc", "serve", "--config", str(config)]
     argv += ["--host", HOST, "--port", str(port)]
-    return _start_app(pool, name, argv, env, workdir, port)
+    argv += [] if workers is None else ["--workers", str(workers)]
+    return _start_app(pool, name, argv, env, workdir, port, workers=workers or 1)
 
 
 def uploadsvc_config(
@@ -267,6 +291,7 @@ def uploadsvc_config(
     options: Mapping[str, Any],
     staging: Path,
     jobs: Mapping[str, float],
+    processing: Processing,
 ) -> str:
     """The TOML file for one benchmark server. JSON string syntax is valid TOML basic-string
     syntax, so `json.dumps` quotes paths and URLs safely without a TOML writer (and writes
@@ -292,9 +317,18 @@ def uploadsvc_config(
         *(f"{key} = {value}" for key, value in jobs.items()),
         "",
         "[processing]",
-        "pipeline = []",
+        f"pipeline = {json.dumps(list(processing.pipeline))}",
+        *(
+            [f"timeout_seconds = {processing.timeout_seconds}"]
+            if processing.timeout_seconds is not None
+            else []
+        ),
         "",
     ]
+    for plugin, plugin_options in processing.plugins.items():
+        lines += [f"[plugins.{plugin}]"]
+        lines += [f"{key} = {json.dumps(value)}" for key, value in plugin_options.items()]
+        lines += [""]
     return "\n".join(lines)
 
 
@@ -328,15 +362,43 @@ def _start_app(
     env: Mapping[str, str],
     workdir: Path,
     port: int,
+    workers: int = 1,
 ) -> Server:
-    """Start an app server and wait until its /healthz answers; stop it if it never does."""
+    """Start an app server and wait until its /healthz answers (and, with several workers,
+    until each has finished its start-up); stop it if it never does."""
     proc = pool.start(name, argv, env=env, cwd=workdir)
     try:
         wait_ready(proc, port, "/healthz")
+        if workers > 1:
+            wait_workers(proc, workers)
     except ServerStartError:
         pool.stop(proc)
         raise
     return Server(proc, port)
+
+
+#: What uvicorn logs once one worker's application start-up is done.
+STARTUP_COMPLETE = "Application startup complete."
+
+
+def wait_workers(proc: Proc, workers: int, timeout: float = START_TIMEOUT_S) -> None:
+    """Wait until `workers` workers have logged the end of their start-up: /healthz answers
+    as soon as the first is up, and a worker still importing would be timed in a row."""
+    deadline = time.monotonic() + timeout
+    started = 0
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise ServerStartError(
+                f"{proc.name} exited with status {proc.popen.returncode}:\n{proc.log_tail()}"
+            )
+        started = proc.log_path.read_text(errors="replace").count(STARTUP_COMPLETE)
+        if started >= workers:
+            return
+        time.sleep(0.05)
+    raise ServerStartError(
+        f"{proc.name}: {started} of {workers} workers started after {timeout:.0f} s:\n"
+        f"{proc.log_tail()}"
+    )
 
 
 # ---------------------------------------------------------------- /proc readers
@@ -396,9 +458,10 @@ def tree_cpu_seconds(pid: int, reaped_children: bool = False) -> float:
     return total
 
 
-def tree_peak_rss_bytes(pid: int) -> int:
+def tree_peak_rss_bytes(pid: int, total: bool = False) -> int:
+    """The largest VmHWM of `pid`'s live tree, or with `total` their sum."""
     peaks = [0]
     for member in process_tree(pid):
         with contextlib.suppress(OSError, RuntimeError, ValueError):
             peaks.append(peak_rss_bytes(member))
-    return max(peaks)
+    return sum(peaks) if total else max(peaks)

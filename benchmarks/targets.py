@@ -32,10 +32,11 @@ a run that does not recover every upload with its bytes is an error, not a figur
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from listing import ListingResult
+from processors import ProcessorResult
 from recovery import RecoveryResult
 from scenarios import BASELINE, UPLOADSVC, ConcurrencyResult, HealthResult, Row
 from stores import LIBRARIES, TITLES
@@ -59,6 +60,9 @@ class Results:
     healthz: list[HealthResult]
     listing: list[ListingResult]
     recovery: list[RecoveryResult]
+    # No targets read these two: each is reported beside its own limit (report.py).
+    processors: list[ProcessorResult] = field(default_factory=list)
+    workers: list[ConcurrencyResult] = field(default_factory=list)  # serve --workers 1, 2
 
     def errors(self) -> list[str]:
         """Why each failed figure failed: any makes the run's exit status 1."""
@@ -68,6 +72,8 @@ class Results:
             self.healthz,
             self.listing,
             self.recovery,
+            self.processors,
+            self.workers,
         ]
         return [item.error for part in parts for item in part if item.error]
 
