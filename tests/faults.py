@@ -5,7 +5,9 @@ connection to `target` ("127.0.0.1:PORT"). `cut()` drops every open
 connection and resets new ones at once (the store is down); `limit(n)`
 resets any connection once it has sent more than `n` bytes towards the store
 (small requests pass, large writes fail: a store refusing big uploads);
-`restore()` forwards everything again. It runs on an event loop of its own in
+`freeze()` holds every byte in both directions and keeps connections open (a
+store that hangs: nothing fails, nothing answers); `restore()` forwards
+everything again. It runs on an event loop of its own in
 a thread, so tests stay synchronous, as toxiproxy would, without another
 program.
 """
@@ -24,6 +26,7 @@ class Proxy:
         host, _, port = target.rpartition(":")
         self._target = (host, int(port))
         self._down = False
+        self._frozen = False
         self._limit: int | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._loop = asyncio.new_event_loop()
@@ -47,6 +50,7 @@ class Proxy:
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._thawed()  # a frozen store accepts connections and says nothing
         if self._down:
             _reset(writer)
             return
@@ -57,7 +61,9 @@ class Proxy:
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
-            self._pump(reader, up_writer, writer), _pump(up_reader, writer), return_exceptions=True
+            self._pump(reader, up_writer, writer),
+            self._answer(up_reader, writer),
+            return_exceptions=True,
         )
         self._writers -= {writer, up_writer}
 
@@ -75,9 +81,14 @@ class Proxy:
         """Reset connections that send more than `upstream_bytes` towards the store."""
         self._loop.call_soon_threadsafe(setattr, self, "_limit", upstream_bytes)
 
+    def freeze(self) -> None:
+        """Forward nothing more, either way, until `restore`; close nothing."""
+        self._loop.call_soon_threadsafe(setattr, self, "_frozen", True)
+
     def restore(self) -> None:
         def restore() -> None:
             self._down = False
+            self._frozen = False
             self._limit = None
 
         self._loop.call_soon_threadsafe(restore)
@@ -94,11 +105,27 @@ class Proxy:
                     _reset(client)
                     _reset(up)
                     return
+                await self._thawed()
                 up.write(data)
                 await up.drain()
         finally:
             with contextlib.suppress(Exception):
                 up.close()
+
+    async def _answer(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Store -> client."""
+        try:
+            while data := await reader.read(1 << 16):
+                await self._thawed()
+                writer.write(data)
+                await writer.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _thawed(self) -> None:
+        while self._frozen:
+            await asyncio.sleep(0.02)
 
     def close(self) -> None:
         self.cut()
@@ -114,16 +141,6 @@ def proxy_to(target: str) -> Iterator[Proxy]:
         yield proxy
     finally:
         proxy.close()
-
-
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()
 
 
 def _reset(writer: asyncio.StreamWriter) -> None:

@@ -38,6 +38,9 @@ class ServerSettings(_Section):
 class StorageSettings(_Section):
     url: str = "file://./uploads"
     options: dict[str, Any] = Field(default_factory=dict)
+    #: The longest any one call to the storage or staging may take (a block
+    #: written, a commit, a record read) before it counts as unavailable.
+    timeout_seconds: float = Field(default=30.0, gt=0)
 
 
 class StagingSettings(_Section):

@@ -68,7 +68,7 @@ JOBS = Gauge(
 )
 STORAGE_ERRORS = Counter(
     "uploadsvc_storage_errors",
-    "Storage calls that failed as unavailable (storage/metered.py), by backend and operation",
+    "Storage calls that failed or timed out (storage/guarded.py), by backend and operation",
     ["backend", "operation"],
 )
 PROCESSOR_DURATION = Histogram(

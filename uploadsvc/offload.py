@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -43,18 +44,65 @@ async def outlast_cancellation(future: asyncio.Future[T]) -> T:
         raise
 
 
+#: The longest a cancelled call on another loop may take to end before a
+#: settling caller goes on anyway (the store then holds a leftover the sweep removes).
+SETTLE_LIMIT = 10.0
+
+
 async def on_loop(
     coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop, *, settle: bool = False
 ) -> T:
     """Await `coro` on another event loop (an fsspec library's own IO thread).
 
-    Cancelling the caller cancels the call, so timeouts (health checks,
-    start-up) hold; a call that changes state is `settle`d instead: a
-    cancelled caller waits for it to end, so the clean-up that follows knows
-    what happened (never races a part upload or a commit still on the wire).
+    Cancelling the caller cancels the call there too, so deadlines hold (a
+    hung store cannot hold a request). A call that changes state is
+    `settle`d: the cancelled caller also waits (up to `SETTLE_LIMIT`) for the
+    call to end, so the clean-up that follows never races a part upload or a
+    commit still on the wire.
     """
-    future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-    return await (outlast_cancellation(future) if settle else future)
+    call = _RemoteCall(coro)
+    future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call.run(), loop))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        call.abandon(loop)
+        if settle:
+            await asyncio.wait([future], timeout=SETTLE_LIMIT)
+        future.add_done_callback(_retrieve)
+        raise
+
+
+class _RemoteCall:
+    """A coroutine run on another loop that its caller may abandon at any moment:
+    before it starts (it is then closed, never run) or while it runs (its task
+    there is cancelled)."""
+
+    def __init__(self, coro: Coroutine[Any, Any, Any]) -> None:
+        self._coro = coro
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._task: asyncio.Task[Any] | None = None
+
+    async def run(self) -> Any:
+        with self._lock:
+            if self._abandoned:
+                self._coro.close()
+                raise asyncio.CancelledError
+            self._task = asyncio.current_task()
+        return await self._coro
+
+    def abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            self._abandoned = True
+            task = self._task
+        if task is not None:
+            loop.call_soon_threadsafe(task.cancel)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an abandoned call's outcome as seen, so asyncio does not log it as lost."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Lane:

@@ -21,8 +21,8 @@ from .pipeline import Pipeline, load_pipeline
 from .queues import JobQueue
 from .service import UploadService
 from .storage import Ability, Storage, check_in_time, open_storage
+from .storage.guarded import guard
 from .storage.locations import check_apart
-from .storage.metered import meter
 
 STARTUP_CHECK_TIMEOUT = 15.0
 
@@ -34,9 +34,12 @@ def build_jobs(
 ) -> Jobs:
     """The service and its jobs; `storage` and `pipeline` replace the configured ones (tests)."""
     check_apart(settings.storage.url, settings.staging.url)
+    timeout = settings.storage.timeout_seconds
     service = UploadService(
-        storage=meter(storage or open_storage(settings.storage.url, settings.storage.options)),
-        staging=meter(open_storage(settings.staging.url, settings.staging_options())),
+        storage=guard(
+            storage or open_storage(settings.storage.url, settings.storage.options), timeout
+        ),
+        staging=guard(open_storage(settings.staging.url, settings.staging_options()), timeout),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
     )

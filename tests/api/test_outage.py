@@ -8,7 +8,9 @@ saying why and keeps its staged bytes; a shorter one ends completed.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.backends import Backend
 from tests.conftest import Live, make_settings
 from tests.faults import Proxy, proxy_to
+from uploadsvc.leftovers import remove_leftovers
 
 
 def test_healthz_is_503_while_the_store_is_down_and_200_when_it_is_back(
@@ -93,3 +96,44 @@ def test_an_outage_shorter_than_the_retries_ends_completed(
         assert stored_bytes(backend, upload_id) == payload
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("path", ["/upload-blocking/", "/upload-nonblocking/"])
+def test_a_store_that_hangs_gets_a_503_in_bounded_time_and_keeps_nothing(
+    backend: Backend, live_factory: Callable[..., Live], tmp_path: Path, path: str
+) -> None:
+    """Every storage call has a deadline ([storage] timeout_seconds): a frozen store
+    turns a blocking upload into a 503 in about that time, never a hang, while the
+    service keeps answering everything that does not need the store."""
+    if backend.endpoint is None:
+        pytest.skip(f"{backend.name} is not on the network: it cannot hang")
+    with proxy_to(backend.endpoint) as proxy:
+        through = backend.via(proxy.address)
+        assert through is not None
+        settings = make_settings(through, tmp_path, max_upload_bytes=4 << 20)
+        timeout = 1.0
+        settings = settings.model_copy(
+            update={"storage": settings.storage.model_copy(update={"timeout_seconds": timeout})}
+        )
+        live = live_factory(settings)
+        proxy.freeze()
+        started = time.monotonic()
+        answer = live.http.post(path, files={"file": ("f", os.urandom(3 << 20))})
+        took = time.monotonic() - started
+        # The background path stages on the local disk, but its record goes to the
+        # store: it cannot accept either.
+        assert (answer.status_code, answer.json()["code"]) == (503, "storage_unavailable")
+        assert "did not answer in 1 s" in answer.json()["detail"]
+        # A deadline per call on the way (a block, the commit or record, the abort).
+        assert took < timeout * 6, took
+        page = time.monotonic()
+        assert live.http.get("/").status_code == 200
+        assert time.monotonic() - page < 0.5
+        proxy.restore()
+        assert not live.staging.exists() or not any(live.staging.iterdir())
+        assert live.http.get("/uploads").json()["items"] == []
+        # What the frozen store may have kept (a multipart upload it never heard
+        # aborted) is the sweep's to remove.
+        asyncio.run(remove_leftovers(live.app.state.service, grace=0))
+        assert backend.leftovers() == []
+        assert live.http.post(path, files={"file": ("g", b"back")}).status_code in (201, 202)

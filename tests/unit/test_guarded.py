@@ -1,4 +1,4 @@
-"""storage/metered.py: a backend's failures counted by operation, and nothing else."""
+"""storage/guarded.py: every backend call bounded in time, its failures counted by operation."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from uploadsvc.errors import NotFound, StorageUnavailable
 from uploadsvc.metrics import STORAGE_ERRORS
 from uploadsvc.storage import Storage, open_storage
-from uploadsvc.storage.metered import meter
+from uploadsvc.storage.guarded import guard
 
 
 def errors(operation: str) -> float:
@@ -27,7 +27,7 @@ def test_each_unavailable_call_counts_once_for_its_operation(
         raise StorageUnavailable("storage memory://metered-unit failed: injected")
 
     monkeypatch.setattr(storage, "put_small", down)
-    meter(storage)
+    guard(storage, 5.0)
     before = {op: errors(op) for op in ("put_small", "get_small", "read", "commit")}
 
     async def scenario() -> None:
@@ -69,7 +69,7 @@ def test_failed_reads_and_commits_count(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(storage, "read", broken_read)
     monkeypatch.setattr(storage, "create", BrokenCommit)
-    meter(storage)
+    guard(storage, 5.0)
     reads, commits = errors("read"), errors("commit")
 
     async def scenario() -> None:
@@ -84,3 +84,35 @@ def test_failed_reads_and_commits_count(monkeypatch: pytest.MonkeyPatch) -> None
     asyncio.run(scenario())
     assert errors("read") == reads + 1
     assert errors("commit") == commits + 1
+
+
+def test_a_call_that_hangs_is_unavailable_at_the_deadline_and_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    storage = open_storage("memory://guarded-hang", {})
+
+    async def hang(*args: Any, **kwargs: Any) -> Any:
+        await asyncio.Event().wait()
+
+    async def slow_blocks(key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        yield b"first"
+        await asyncio.Event().wait()
+        yield b"never"
+
+    monkeypatch.setattr(storage, "get_small", hang)
+    monkeypatch.setattr(storage, "read", slow_blocks)
+    guard(storage, 0.2)
+    before_get, before_read = errors("get_small"), errors("read")
+    seen: list[bytes] = []
+
+    async def scenario() -> None:
+        with pytest.raises(StorageUnavailable, match=r"did not answer in 0.2 s \(get_small\)"):
+            await storage.get_small("k")
+        with pytest.raises(StorageUnavailable, match=r"\(read\)"):
+            async for block in storage.read("k"):
+                seen.append(block)
+
+    asyncio.run(scenario())
+    assert seen == [b"first"], "blocks that came in time are delivered"
+    assert errors("get_small") == before_get + 1
+    assert errors("read") == before_read + 1
