@@ -191,7 +191,7 @@ def load_settings(path: Path | None = None) -> Settings:
     except ValidationError as e:
         loc, key, problem = _first_problem(e)
         variable = environment.variable_for(loc)
-        where = f"environment variable {variable}" if variable else str(path)
+        where = f"environment variable {variable}" if variable else str(path or "environment")
         raise ConfigError(f"{where}: {key}: {problem}") from None
     except SettingsError as e:  # what the checks in `_Environment` did not foresee
         raise ConfigError(f"environment: {e}") from None
@@ -331,7 +331,8 @@ class _Environment(EnvSettingsSource):
         try:
             return super().prepare_field_value(field_name, field, value, value_is_complex)
         except ValueError:  # a whole section as JSON (UPLOADSVC_STORAGE='{...}') that is not
-            raise ConfigError(self._not_json(self.origins[(field_name,)], field_name)) from None
+            variable = self.origins.get((field_name,), f"{ENV_PREFIX}{field_name.upper()}")
+            raise ConfigError(self._not_json(variable, field_name)) from None
 
     def explode_env_vars(
         self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
