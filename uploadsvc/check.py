@@ -54,7 +54,7 @@ def check(config: Path | None) -> list[str]:
         asyncio.run(jobs.service.pipeline.close())
     return [
         _configuration(config or config_path()),
-        f"server: {settings.server.host}:{settings.server.port}",
+        f"server: {_fields(settings.server)}",
         _store("storage", jobs.service.storage, settings.storage.options),
         _store("staging", jobs.service.staging, settings.staging_options()),
         f"limits: {_fields(settings.limits)}",
