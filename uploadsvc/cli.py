@@ -1,5 +1,5 @@
-"""`uploadsvc serve [--config PATH] [--host H] [--port P] [--workers N]` and
-`uploadsvc worker [--config PATH]`.
+"""`uploadsvc serve [--config PATH] [--host H] [--port P] [--workers N]`,
+`uploadsvc worker [--config PATH]` and `uploadsvc check [--config PATH]`.
 
 A user's mistake (bad configuration, unreachable storage, missing bucket) is
 one line on stderr and exit status 1, never a traceback.
@@ -40,8 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker.add_argument(
         "--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)"
     )
+    check = commands.add_parser(
+        "check", help="check the configuration, storage, staging and queue, then exit (0: OK)"
+    )
+    check.add_argument(
+        "--config", type=Path, help="TOML file (default: $UPLOADSVC_CONFIG or config.toml)"
+    )
     args = parser.parse_args(argv)
 
+    if args.command == "check":
+        from .check import main as check_main
+
+        return check_main(args.config)
     if args.command == "worker":
         from .worker import main as work
 

@@ -1,21 +1,45 @@
-"""TOML configuration -> validated `Settings`.
+"""TOML configuration and `UPLOADSVC_*` environment variables -> validated `Settings`.
 
 `config.toml` at the repository root is the default; `UPLOADSVC_CONFIG` names
 another file that replaces it. Unknown keys and wrong types are rejected, and
 every problem is reported as one `ConfigError` line naming the key, because a
 user's typo should never look like a crash.
+
+On top of the file, every key can be set from the environment, the way
+container platforms configure a service (pydantic-settings reads them; see
+`_Environment` for what it leaves to us): `UPLOADSVC_STORAGE__URL` is
+`[storage] url`, and `UPLOADSVC_<KEY>_FILE=/path` reads the value from a file
+(Docker and Kubernetes secrets).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 ENV_VAR = "UPLOADSVC_CONFIG"
+#: `UPLOADSVC_STORAGE__OPTIONS__ENDPOINT_URL` is `[storage.options] endpoint_url`.
+ENV_PREFIX = "UPLOADSVC_"
+ENV_DELIMITER = "__"
+#: `UPLOADSVC_<KEY>_FILE=/path`: the value of `UPLOADSVC_<KEY>` is in that file.
+FILE_SUFFIX = "_FILE"
+#: A secret is a line or a key, not a disk image: a file larger than this is refused.
+MAX_FILE_BYTES = 1 << 20
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -99,7 +123,13 @@ class ProcessingSettings(_Section):
     timeout_seconds: float = Field(default=300.0, gt=0)
 
 
-class Settings(_Section):
+class Settings(BaseSettings):
+    """Every key, validated. `Settings(...)` is exactly what it is given (tests,
+    `create_app`); `load_settings` adds the file and the environment."""
+
+    # Case-sensitive like the TOML file it validates; `_Environment` reads names in any case.
+    model_config = SettingsConfigDict(extra="forbid", strict=True, frozen=True, case_sensitive=True)
+
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     staging: StagingSettings = Field(default_factory=StagingSettings)
@@ -117,6 +147,19 @@ class Settings(_Section):
         if protocol_of(self.staging.url) == protocol_of(self.storage.url):
             return self.storage.options
         return {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Given values only: a developer's UPLOADSVC_* variables must not leak into
+        # the settings a test builds. `load_settings` names its sources itself.
+        return (init_settings,)
 
 
 def protocol_of(url: str) -> str:
@@ -137,25 +180,207 @@ def config_path() -> Path | None:
 
 
 def load_settings(path: Path | None = None) -> Settings:
-    """Read and validate a TOML file; raise `ConfigError` with one clear line."""
+    """The TOML file under the `UPLOADSVC_*` environment, validated; `ConfigError`
+    with one clear line naming the key and where it came from (file or variable)."""
     path = path or config_path()
-    if path is None:
-        return Settings()
+    environment = _Environment(os.environ)
+    sources: tuple[PydanticBaseSettingsSource, ...] = (environment,)
+    if path is not None:
+        sources += (_TomlFile(path),)
     try:
-        with path.open("rb") as f:  # tomllib wants bytes
-            data = tomllib.load(f)
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read configuration: {e.strerror or e}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML: {e}") from None
-    return parse_settings(data, source=str(path))
+        # Earlier sources win; tables (`[storage.options]`) merge key by key. (mypy sees
+        # the fields' __init__ that pydantic declares, not BaseSettings' own arguments.)
+        return Settings(_build_sources=(sources, {}))  # type: ignore[call-arg]
+    except ValidationError as e:
+        loc, key, problem = _first_problem(e)
+        variable = environment.variable_for(loc)
+        where = f"environment variable {variable}" if variable else str(path or "environment")
+        raise ConfigError(f"{where}: {key}: {problem}") from None
+    except SettingsError as e:  # what the checks in `_Environment` did not foresee
+        raise ConfigError(f"environment: {e}") from None
 
 
 def parse_settings(data: dict[str, Any], source: str = "<config>") -> Settings:
     try:
         return Settings.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        _, key, problem = _first_problem(e)
         raise ConfigError(f"{source}: {key}: {problem}") from None
+
+
+def environment_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """The `UPLOADSVC_*` variables that set keys (`load_settings` refuses any other)."""
+    environ = os.environ if environ is None else environ
+    return sorted(
+        name for name in environ if name.upper().startswith(ENV_PREFIX) and name != ENV_VAR
+    )
+
+
+def _first_problem(e: ValidationError) -> tuple[tuple[str, ...], str, str]:
+    first: ErrorDetails = e.errors()[0]
+    loc = tuple(str(p) for p in first["loc"])
+    problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+    return loc, ".".join(loc), problem
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The TOML file, read by pydantic-settings, except that a file it cannot read
+    or parse is a mistake named in one line (pydantic-settings skips a missing one)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as e:
+            raise self._unreadable(e) from None
+        super().__init__(Settings, toml_file=path)
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        try:
+            return super()._read_file(file_path)
+        except OSError as e:
+            raise self._unreadable(e) from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{self.path}: invalid TOML: {e}") from None
+
+    def _unreadable(self, e: OSError) -> ConfigError:
+        return ConfigError(f"{self.path}: cannot read configuration: {e.strerror or e}")
+
+
+class _Environment(EnvSettingsSource):
+    """`UPLOADSVC_*` variables as pydantic-settings reads them: the prefix, `__`
+    between levels, names in any case, JSON for lists and tables (also inside
+    free-form tables such as `[plugins.<name>]`), a single value inside a
+    free-form table as a string.
+
+    What it leaves to us:
+    - `UPLOADSVC_<KEY>_FILE=/path` reads the value of `UPLOADSVC_<KEY>` from the
+      file (one trailing newline dropped), for any key, `[plugins.*]` included;
+      both set is a mistake, since one of them would be ignored;
+    - a variable that names no key is refused, as an unknown key in the file
+      is: pydantic-settings ignores unknown variables, so a typo
+      (`UPLOADSVC_STORAGE_URL`) would silently leave the file's value in force.
+      Unknown keys below a section (`UPLOADSVC_STORAGE__URLL`) reach validation
+      and are refused there, like the file's;
+    - which variable set which key, so a message names the variable;
+    - a variable for a key inside a table given as JSON merges into it,
+      whatever the order of the environment (pydantic-settings lets the last
+      one win), and a value that must be JSON and is not names its variable.
+    """
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(
+            Settings,
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter=ENV_DELIMITER,
+        )
+        #: key path (lower case) -> the variable that set it, as the user spelled it
+        self.origins: dict[tuple[str, ...], str] = {}
+        self.env_vars = self._read(environ)
+
+    def variable_for(self, loc: tuple[str, ...]) -> str | None:
+        """The variable that set the value at `loc`, or a value inside it."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.origins:
+                return self.origins[loc[:n]]
+        return next((v for path, v in self.origins.items() if path[: len(loc)] == loc), None)
+
+    def _read(self, environ: Mapping[str, str]) -> dict[str, str]:
+        """Ours (lower-cased, as pydantic-settings matches them), `_FILE`s read."""
+        prefix, suffix = ENV_PREFIX.lower(), FILE_SUFFIX.lower()
+        spelled: dict[str, str] = {}
+        for name in environ:
+            lower = name.lower()
+            if lower.startswith(prefix) and name != ENV_VAR:
+                if lower in spelled:  # names differing in case only: which one wins?
+                    raise ConfigError(
+                        f"environment variables {spelled[lower]} and {name}: give one of them"
+                    )
+                spelled[lower] = name
+        values: dict[str, str] = {}
+        for lower, name in spelled.items():
+            if lower.endswith(suffix):
+                lower = lower.removesuffix(suffix)
+                if lower in spelled:
+                    raise ConfigError(
+                        f"environment variables {spelled[lower]} and {name}: give one of them"
+                    )
+                values[lower] = _read_secret(name, environ[name])
+            else:
+                values[lower] = environ[name]
+            path = tuple(lower.removeprefix(prefix).split(ENV_DELIMITER))
+            self._check_names_a_key(name, path)
+            self.origins[path] = name
+        return values
+
+    def _check_names_a_key(self, name: str, path: tuple[str, ...]) -> None:
+        if "" in path:
+            raise ConfigError(f"environment variable {name}: an empty key between {ENV_DELIMITER}")
+        if path[0] not in Settings.model_fields:
+            meant = [f for f in Settings.model_fields if path[0].startswith(f"{f}_")]
+            hint = (
+                f"did you mean {ENV_PREFIX}{meant[0].upper()}{ENV_DELIMITER}"
+                f"{path[0].removeprefix(meant[0] + '_').upper()}?"
+                if meant
+                else f"sections: {', '.join(Settings.model_fields)}; {ENV_VAR} names the file"
+            )
+            raise ConfigError(f"environment variable {name}: {path[0]}: unknown key ({hint})")
+
+    def prepare_field_value(
+        self, field_name: str, field: FieldInfo, value: Any, value_is_complex: bool
+    ) -> Any:
+        try:
+            return super().prepare_field_value(field_name, field, value, value_is_complex)
+        except ValueError:  # a whole section as JSON (UPLOADSVC_STORAGE='{...}') that is not
+            variable = self.origins.get((field_name,), f"{ENV_PREFIX}{field_name.upper()}")
+            raise ConfigError(self._not_json(variable, field_name)) from None
+
+    def explode_env_vars(
+        self, field_name: str, field: FieldInfo, env_vars: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        exploded: dict[str, Any] = {}
+        # One at a time, the shallower first: see the class docstring.
+        for lower in sorted(env_vars, key=lambda n: n.count(ENV_DELIMITER)):
+            try:
+                one = super().explode_env_vars(field_name, field, {lower: env_vars[lower]})
+            except ValueError:
+                path = tuple(lower.removeprefix(ENV_PREFIX.lower()).split(ENV_DELIMITER))
+                raise ConfigError(self._not_json(self.origins[path], ".".join(path))) from None
+            exploded = _merged(exploded, one)
+        return exploded
+
+    @staticmethod
+    def _not_json(variable: str, key: str) -> str:
+        return (
+            f"environment variable {variable}: {key}: not valid JSON "
+            """(lists and tables are written as JSON: '["a", "b"]', '{"key": "value"}')"""
+        )
+
+
+def _read_secret(variable: str, path: str) -> str:
+    """The content of a `_FILE` variable's file, without its trailing newline."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(
+            f"environment variable {variable}: cannot read {path}: {e.strerror or e}"
+        ) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"environment variable {variable}: {path} is larger than 1 MiB")
+    try:
+        return data.decode().removesuffix("\n").removesuffix("\r")
+    except UnicodeDecodeError:
+        raise ConfigError(f"environment variable {variable}: {path} is not UTF-8 text") from None
+
+
+def _merged(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` over it, tables merged key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            value = _merged(merged[key], value)
+        merged[key] = value
+    return merged

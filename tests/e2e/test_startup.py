@@ -3,6 +3,8 @@
 The real command (`python -m uploadsvc serve`) with a config file, as a user
 runs it: a missing bucket or container, and an endpoint that refuses
 connections, must each stop start-up with one line naming the storage URL.
+`uploadsvc check` says the same, and passes on a store that works, leaving
+no probe behind.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from tests.backends.tools import free_port
 from tests.e2e.conftest import write_toml
 
 
-def serve(broken: Backend, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def serve(
+    broken: Backend, tmp_path: Path, command: str = "serve"
+) -> subprocess.CompletedProcess[str]:
     config = write_toml(
         tmp_path / "service.toml",
         {
@@ -31,7 +35,7 @@ def serve(broken: Backend, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     )
     env = {k: v for k, v in os.environ.items() if k != "UPLOADSVC_CONFIG"}
     return subprocess.run(
-        [sys.executable, "-m", "uploadsvc", "serve", "--config", str(config)],
+        [sys.executable, "-m", "uploadsvc", command, "--config", str(config)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -93,3 +97,26 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_check_passes_on_a_working_store_and_leaves_nothing(
+    backend: Backend, tmp_path: Path
+) -> None:
+    result = serve(backend, tmp_path, "check")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "configuration OK", result.stdout
+    assert f"storage: {backend.url} (" in result.stdout
+    assert backend.leftovers() == []
+    assert list((tmp_path / "staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("broken", ["missing_root", "unreachable"])
+def test_check_names_a_missing_or_unreachable_store(
+    backend: Backend, tmp_path: Path, broken: str
+) -> None:
+    store: Backend | None = getattr(backend, broken)()
+    if store is None:
+        pytest.skip(f"{backend.name} has no {broken.replace('_', ' ')} twin")
+    result = serve(store, tmp_path, "check")
+    assert_one_line_naming(result, store.url)
+    assert result.stdout == ""
