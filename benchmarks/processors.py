@@ -26,8 +26,9 @@ rejection, which fails the row), and its clean-file cache off: clamd remembers t
 clean file and answers the same bytes again unscanned, so every run after the first would
 time a hash (32 MiB: 0.3 s against 0.9-1.3 s scanned, here). Beside the row, the same file is
 sent to the same clamd by a plain blocking INSTREAM client in the harness (1 MiB chunks, as
-the plugin sends), as often as the row's runs: clamd's own time for the file, so the plugin's
-share of its processor time shows.
+the plugin sends), as many times as the row's runs before the row and again after it (the
+load on a shared machine drifts): clamd's own time for the file, the median of those, so the
+plugin's share of its processor time shows.
 
 `delay` runs with `seconds = 0`: its overhead alone. `webhook` has no row: it only overrides
 `finished`, which runs after the upload is final, so it adds no processing step and nothing
@@ -97,6 +98,7 @@ class ProcessorResult:
     helper_cpu_s: float | None = None  # median per upload
     helper_peak_rss_bytes: int | None = None
     helper_alone_s: float | None = None  # median: the helper given the file by a plain client
+    helper_alone_runs: list[float] = field(default_factory=list)  # before the row, then after
     result: dict[str, Any] | None = None  # the plugin's `results.<name>`, last run
     note: str = ""
     error: str | None = None
@@ -202,13 +204,14 @@ def _measure_case(bench: Bench, case: Case, res: ProcessorResult) -> ProcessorRe
         timeout = upload_timeout(case.src.size)
         setup = Setup(Processing((case.processor,), {case.processor: options}, timeout))
         figures = run_figures(case.processor, helper)
+        # The helper alone as often before the row as after it: on a shared machine the
+        # load drifts within minutes, and a side timed only after would meet other load.
+        alone = time_alone(bench, helper, case.src)
         row = _blocking(bench, case.src, setup, figures, f"pipeline-{case.processor}")
+        alone += time_alone(bench, helper, case.src)
         if helper is not None:
             res.helper = helper.name
-            alone = []
-            for _ in range(bench.runs):
-                bench.prepare(case.src.size)
-                alone.append(helper.alone(case.src))
+            res.helper_alone_runs = alone
             res.helper_alone_s = _median(alone)
             res.helper_peak_rss_bytes = servers.peak_rss_bytes(helper.pid)
     res.runs = row.runs
@@ -220,6 +223,17 @@ def _measure_case(bench: Bench, case: Case, res: ProcessorResult) -> ProcessorRe
         res.helper_cpu_s = _median([r["helper_cpu_s"] for r in row.runs])
     res.result = row.runs[-1]["result"]
     return res
+
+
+def time_alone(bench: Bench, helper: Helper | None, src: SourceFile) -> list[float]:
+    """The helper's time for `src` without the service, once per run, each prefaulted."""
+    if helper is None:
+        return []
+    seconds = []
+    for _ in range(bench.runs):
+        bench.prepare(src.size)
+        seconds.append(helper.alone(src))
+    return seconds
 
 
 def _median(values: list[float]) -> float | None:

@@ -220,6 +220,12 @@ def processors_table(results: Sequence[ProcessorResult]) -> str:
                 f"{r.helper}: {fmt(r.helper_cpu_s, 2)} CPU s per upload, "
                 f"peak RSS {fmt(mib(r.helper_peak_rss_bytes))} MiB, "
                 f"{fmt(r.helper_alone_s, 3)} s for the file from a plain client"
+                + (
+                    f" ({min(r.helper_alone_runs):.2f}-{max(r.helper_alone_runs):.2f} s "
+                    f"over {len(r.helper_alone_runs)}, before and after the row)"
+                    if r.helper_alone_runs
+                    else ""
+                )
             )
         if r.limit_server_cpu_s is not None:
             parts.append(f"empty pipeline's server CPU {r.limit_server_cpu_s:.2f} s")
