@@ -50,14 +50,17 @@ class Proxy:
         self._loop.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)  # from now on, `cut` and `close` reach it
         await self._thawed()  # a frozen store accepts connections and says nothing
         if self._down:
             _reset(writer)
+            self._writers.discard(writer)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
             _reset(writer)
+            self._writers.discard(writer)
             return
         self._writers |= {writer, up_writer}
         await asyncio.gather(
@@ -124,7 +127,7 @@ class Proxy:
                 writer.close()
 
     async def _thawed(self) -> None:
-        while self._frozen:
+        while self._frozen and not self._down:
             await asyncio.sleep(0.02)
 
     def close(self) -> None:

@@ -17,13 +17,14 @@ records, never here: jobs are handed an id and read the rest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
 from . import derived
-from .errors import NotFound
+from .errors import NotFound, ServiceError
 from .models import Job, Status, StoredRecord, new_id, now
 from .pipeline import Pipeline, ProcessingFailed, ProcessingRejected
 from .records import Records
@@ -175,6 +176,14 @@ class UploadService:
         try:
             await self.records.create(record)
         except BaseException:
-            await asyncio.shield(holder.delete(upload_id))
+            await asyncio.shield(self._unrecord(holder, upload_id))
             raise
         return record
+
+    async def _unrecord(self, holder: Storage, upload_id: str) -> None:
+        """Undo a record that could not be written: a write that timed out may still
+        land, so its markers and itself go too. Whatever the store refuses now is the
+        leftovers sweep's (everything here is keyed by the upload's id)."""
+        with contextlib.suppress(ServiceError):
+            await holder.delete(upload_id)
+            await self.records.delete(upload_id)
