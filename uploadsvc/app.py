@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from .config import Settings, load_settings
 from .errors import install_error_handlers
@@ -38,7 +39,10 @@ def create_app(
             await jobs.stop()
             await jobs.close()
 
-    app = FastAPI(
+    # /docs and /redoc load Swagger UI and ReDoc from the installed package
+    # (under /docs-assets/), never from a CDN: they work on a closed network.
+    app = FastAPIOffline(
+        static_url="/docs-assets",
         title="uploadsvc",
         summary="Streaming file uploads onto a local folder, S3, Azure Blob, GCS, SFTP or a "
         "plugin's storage.",
