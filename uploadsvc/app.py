@@ -20,7 +20,7 @@ from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
-from .web import api, pages
+from .web import api, examples, pages
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -55,6 +55,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    examples.keep_example_nulls(app)
     return app
 
 
