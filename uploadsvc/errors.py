@@ -122,6 +122,7 @@ _EXAMPLE_DETAILS = {
     "range_not_satisfiable": "range 'bytes=99999-' is outside the 12345 bytes stored",
     "rejected": "type application/x-dosexec is not allowed (allowed: image/*)",
     "storage_unavailable": "storage file://./uploads failed: No space left on device",
+    "internal_error": "internal error",
 }
 
 
@@ -140,7 +141,11 @@ def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, ob
         }
         for e in errors
     }
-    entries["default"] = {"model": ErrorBody, "description": "Any other error, in the same shape"}
+    entries["default"] = {
+        "model": ErrorBody,
+        "description": "Any other error, in the same shape",
+        "content": {"application/json": {"example": _error_example(ServiceError)}},
+    }
     return entries
 
 
