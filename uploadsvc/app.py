@@ -14,13 +14,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi_offline import FastAPIOffline
 
 from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
-from .web import api, examples, pages
+from .web import api, docs, examples, pages
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -39,15 +38,14 @@ def create_app(
             await jobs.stop()
             await jobs.close()
 
-    # /docs and /redoc load Swagger UI and ReDoc from the installed package
-    # (under /docs-assets/), never from a CDN: they work on a closed network.
-    app = FastAPIOffline(
-        static_url="/docs-assets",
+    app = FastAPI(
         title="uploadsvc",
         summary="Streaming file uploads onto a local folder, S3, Azure Blob, GCS, SFTP or a "
         "plugin's storage.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves them without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = jobs.service
@@ -55,6 +53,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    docs.install(app)
     examples.keep_example_nulls(app)
     return app
 

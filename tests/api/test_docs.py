@@ -68,6 +68,17 @@ def test_redoc_asks_for_no_google_fonts(live: Live) -> None:
     assert "fonts.googleapis.com" not in html and "fonts.gstatic.com" not in html
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_let_the_browser_load_only_the_services_files(live: Live, page: str) -> None:
+    """ReDoc's bundle asks for a CDN logo whatever its options; the policy refuses it."""
+    policy = live.http.get(page).headers["content-security-policy"]
+    directives = dict(d.strip().partition(" ")[::2] for d in policy.split(";"))
+    assert directives["default-src"] == "'self'"
+    for name, sources in directives.items():
+        for source in sources.split():
+            assert source in {"'self'", "'unsafe-inline'", "data:", "blob:"}, (name, source)
+
+
 def test_docs_assets_are_not_api_operations(live: Live) -> None:
     paths = live.http.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith(("/docs", "/redoc"))]
