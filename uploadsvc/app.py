@@ -19,7 +19,7 @@ from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
-from .web import api, pages
+from .web import api, docs, examples, pages
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -44,6 +44,8 @@ def create_app(
         "plugin's storage.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # docs.install serves them without a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.service = jobs.service
@@ -51,6 +53,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    docs.install(app)
+    examples.keep_example_nulls(app)
     return app
 
 

@@ -112,9 +112,48 @@ class ErrorBody(BaseModel):
     id: str | None = Field(None, description="The upload's id (`rejected` only)")
 
 
+#: A `detail` for each code's example in the OpenAPI description, as the code words it.
+_EXAMPLE_DETAILS = {
+    "bad_request": "no file in field 'file'",
+    "not_found": "no upload '019ac0e6d5a03f2b9c4d5e6f7a8b'",
+    "conflict": "upload 019ac0e6d5a03f2b9c4d5e6f7a8b is processing, not completed",
+    "payload_too_large": "file is larger than the limit of 1073741824 bytes",
+    "unsupported_media_type": "send the file as multipart/form-data in field 'file'",
+    "range_not_satisfiable": "range 'bytes=99999-' is outside the 12345 bytes stored",
+    "rejected": "type application/x-dosexec is not allowed (allowed: image/*)",
+    "storage_unavailable": "storage file://./uploads failed: No space left on device",
+    "internal_error": "internal error",
+}
+
+
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
-    """OpenAPI `responses=` entries for the errors a route may return."""
-    return {e.status: {"model": ErrorBody, "description": f"`{e.code}`"} for e in errors}
+    """OpenAPI `responses=` entries for the errors a route may return, each with an
+    example, and `default`: any other error (a 500) has the same shape.
+
+    Listing `default` also keeps FastAPI from adding its own 422 "Validation
+    Error": a request that does not validate is a 400 `bad_request` here.
+    """
+    entries: dict[int | str, dict[str, object]] = {
+        e.status: {
+            "model": ErrorBody,
+            "description": f"`{e.code}`",
+            "content": {"application/json": {"example": _error_example(e)}},
+        }
+        for e in errors
+    }
+    entries["default"] = {
+        "model": ErrorBody,
+        "description": "Any other error, in the same shape",
+        "content": {"application/json": {"example": _error_example(ServiceError)}},
+    }
+    return entries
+
+
+def _error_example(error: type[ServiceError]) -> dict[str, str]:
+    example = {"detail": _EXAMPLE_DETAILS.get(error.code, error.code), "code": error.code}
+    if error is UploadRejected:
+        example["id"] = "019ac0e6d5a03f2b9c4d5e6f7a8b"
+    return example
 
 
 #: Errors raised outside our code (routing, validation), in the same shape.

@@ -136,6 +136,7 @@ def test_a_store_that_hangs_gets_a_503_in_bounded_time_and_keeps_nothing(
         proxy.restore()
         assert not live.staging.exists() or not any(live.staging.iterdir())
         assert live.http.get("/uploads").json()["items"] == []
+
         # What the frozen store kept (a multipart upload it never heard aborted, a
         # marker whose write arrives once the store wakes up) is the sweep's.
         def swept() -> bool:

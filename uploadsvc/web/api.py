@@ -12,7 +12,7 @@ from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, BackgroundTasks, Query, Request, Response
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from .. import metrics
 from ..errors import (
@@ -30,6 +30,7 @@ from ..jobs import Jobs
 from ..models import ID_PATTERN, Accepted, Health, Status, UploadPage, UploadRecord
 from ..service import UploadService
 from ..storage import check_in_time
+from . import examples
 from .downloads import byte_range, derived_filename, download_headers, not_modified, safe_headers
 from .templating import templates, wants_html
 
@@ -37,9 +38,7 @@ router = APIRouter()
 
 HEALTH_TIMEOUT = 5.0
 
-_UPLOAD_ERRORS = error_responses(
-    BadRequest, PayloadTooLarge, UnsupportedMediaType, StorageUnavailable
-)
+_HTML_TWIN = "A browser's form post (`Accept` preferring `text/html`) gets a page instead of JSON."
 # The body is parsed by the service as a stream, so FastAPI cannot infer it.
 _MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
@@ -90,9 +89,26 @@ def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> R
     "/upload-blocking/",
     status_code=201,
     response_model=UploadRecord,
-    responses={**_UPLOAD_ERRORS, **error_responses(UploadRejected)},
+    responses={
+        **examples.json_example(
+            201,
+            examples.RECORD,
+            "Stored and processed: the record, `completed` "
+            "(or `failed` if a processor failed; a rejection is a 422)",
+        ),
+        # NotFound: the upload was deleted while it was processed.
+        **error_responses(
+            BadRequest,
+            NotFound,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            UploadRejected,
+            StorageUnavailable,
+        ),
+    },
     openapi_extra=_MULTIPART_BODY,
     summary="Upload a file; answer once it is stored and processed",
+    description=_HTML_TWIN,
 )
 async def upload_blocking(request: Request) -> Response:
     jobs = _jobs(request)
@@ -116,9 +132,14 @@ async def upload_blocking(request: Request) -> Response:
     "/upload-nonblocking/",
     status_code=202,
     response_model=Accepted,
-    responses=_UPLOAD_ERRORS,
+    responses={
+        **examples.json_example(202, examples.ACCEPTED, "Received: the upload is `queued`"),
+        **error_responses(BadRequest, PayloadTooLarge, UnsupportedMediaType, StorageUnavailable),
+    },
     openapi_extra=_MULTIPART_BODY,
     summary="Upload a file; answer once the bytes are durably received",
+    description="Storing and processing go on in the background: follow `status_url`. "
+    + _HTML_TWIN,
 )
 async def upload_nonblocking(request: Request, background: BackgroundTasks) -> Response:
     with metrics.upload("background"):
@@ -135,7 +156,15 @@ async def upload_nonblocking(request: Request, background: BackgroundTasks) -> R
 
 
 @router.get(
-    "/uploads", response_model=UploadPage, responses=error_responses(BadRequest, StorageUnavailable)
+    "/uploads",
+    response_model=UploadPage,
+    responses={
+        **examples.json_example(200, examples.PAGE),
+        **error_responses(BadRequest, StorageUnavailable),
+    },
+    summary="Uploads, newest first, `limit` at a time",
+    description="`next_cursor` is null on the last page; otherwise pass it as `cursor` "
+    "for the next one.",
 )
 async def list_uploads(
     request: Request,
@@ -152,7 +181,11 @@ async def list_uploads(
 @router.get(
     "/uploads/{upload_id}",
     response_model=UploadRecord,
-    responses=error_responses(NotFound, StorageUnavailable),
+    responses={
+        **examples.json_example(200, examples.RECORD),
+        **error_responses(NotFound, StorageUnavailable),
+    },
+    summary="One upload's record",
 )
 async def get_upload(request: Request, upload_id: str) -> Response:
     record = await _service(request).records.get(upload_id)
@@ -170,6 +203,7 @@ async def get_upload(request: Request, upload_id: str) -> Response:
         304: {"description": "Not modified (If-None-Match)"},
         **error_responses(NotFound, Conflict, RangeNotSatisfiable, StorageUnavailable),
     },
+    summary="The stored bytes, whole or a range; only once the upload is completed",
 )
 async def get_content(request: Request, upload_id: str) -> Response:
     service = _service(request)
@@ -249,6 +283,7 @@ router.add_api_route(
     "/uploads/{upload_id}",
     status_code=204,
     responses=error_responses(NotFound, StorageUnavailable),
+    summary="Delete an upload in any status: its bytes, derived files and record",
 )
 async def delete_upload(request: Request, upload_id: str) -> Response:
     await _jobs(request).delete(upload_id)
@@ -257,8 +292,12 @@ async def delete_upload(request: Request, upload_id: str) -> Response:
 
 @router.get(
     "/metrics",
-    response_class=PlainTextResponse,
-    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+        # Turned off ([metrics] enabled = false), the route is as absent as any unknown one.
+        **error_responses(),
+    },
     summary="Metrics in the Prometheus text format",
 )
 async def get_metrics(request: Request) -> Response:
@@ -268,7 +307,15 @@ async def get_metrics(request: Request) -> Response:
     return Response(body, headers={"Content-Type": content_type})
 
 
-@router.get("/healthz", response_model=Health, responses=error_responses(StorageUnavailable))
+@router.get(
+    "/healthz",
+    response_model=Health,
+    responses={
+        **examples.json_example(200, examples.HEALTH),
+        **error_responses(StorageUnavailable),
+    },
+    summary="Whether the storage answers",
+)
 async def healthz(request: Request) -> Health:
     # The storage only: the staging folder's check would just recreate it, and
     # each check is a thread hop that waits for the GIL under upload load.

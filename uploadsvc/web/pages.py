@@ -11,7 +11,8 @@ from ..config import Settings
 from ..pipeline import Pipeline
 from .templating import templates
 
-router = APIRouter(include_in_schema=True)
+# Pages are for people, not API operations: they stay out of the OpenAPI description.
+router = APIRouter(include_in_schema=False)
 
 
 @router.get("/", response_class=HTMLResponse, summary="Blocking upload page")
