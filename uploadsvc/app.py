@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from . import logs
 from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .pipeline import Pipeline
@@ -58,8 +59,11 @@ def build_app_or_exit(config: Path | None = None) -> FastAPI:
     """Settings -> app -> reachability check, or one line on stderr and exit status 1."""
 
     def build() -> FastAPI:
-        app = create_app(load_settings(config))
+        settings = load_settings(config)
+        app = create_app(settings)
         check_reachable(app.state.jobs)
+        # Only now: a start-up that fails says so in one line, with no library's chatter.
+        logs.setup(settings)
         return app
 
     return or_exit(build)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
+from . import logs
 from .app import build_app_or_exit
 
 #: On SIGTERM: stop accepting, give requests in flight this long to finish, then
@@ -41,14 +42,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         work(args.config)
         return 0
     app = build_app_or_exit(args.config)
-    server = app.state.settings.server
+    settings = app.state.settings
+    server = settings.server
     uvicorn.run(
         app,
         host=args.host or server.host,
         port=server.port if args.port is None else args.port,
         loop="uvloop",
         http="httptools",
-        log_level="info",
+        # Our format for uvicorn's own lines; its access log gives way to ours (requestlog.py).
+        log_config=logs.config(settings),
+        log_level=settings.logging.level,
+        access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -87,6 +87,13 @@ class ProcessingSettings(_Section):
     timeout_seconds: float = Field(default=300.0, gt=0)
 
 
+class LoggingSettings(_Section):
+    """One line per event on stderr: `text` for people, `json` for collectors (see `logs.py`)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class Settings(_Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
@@ -96,6 +103,7 @@ class Settings(_Section):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def staging_options(self) -> dict[str, Any]:
         """`[staging.options]`, or `[storage.options]` when staging is on the same protocol."""
