@@ -21,6 +21,7 @@ from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
 from .web import api, pages
+from .web.requestlog import LoggedApp
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -39,7 +40,7 @@ def create_app(
             await jobs.stop()
             await jobs.close()
 
-    app = FastAPI(
+    app = LoggedApp(  # a FastAPI whose outermost layer is the request log
         title="uploadsvc",
         summary="Streaming file uploads onto a local folder, S3, Azure Blob, GCS, SFTP or a "
         "plugin's storage.",

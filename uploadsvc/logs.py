@@ -2,9 +2,10 @@
 
 Every line goes through one structlog `ProcessorFormatter` on one handler:
 the service's own `logging.getLogger(__name__)` calls, uvicorn's, every
-library's, and the structured lines of `get_logger`.
+library's, and the `request` line, one per HTTP request (`web/requestlog.py`).
 
-A line written while a request is served carries its `request_id`. No line
+A line written while a request is served carries its `request_id`; jobs run
+later, in no request (`queues.py`). No line
 formats a request header, a token, the bytes of an upload or the
 configuration's options; as a last guard, every value of a setting whose
 name says it is secret (`key`, `secret`, `token`, `password`, ...) and every
