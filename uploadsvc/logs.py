@@ -2,10 +2,15 @@
 
 Every line goes through one structlog `ProcessorFormatter` on one handler:
 the service's own `logging.getLogger(__name__)` calls, uvicorn's, every
-library's, and the `request` line, one per HTTP request (`web/requestlog.py`).
+library's, and the two structured lines this service writes:
+
+- `request`, one per HTTP request (`web/requestlog.py`);
+- `upload`, one per status change of an upload: created (`queued`,
+  `processing` or `completed`), `storing`, `processing`, `completed`,
+  `failed`, `deleted` (`upload_changed`, the records' `on_change` hook).
 
 A line written while a request is served carries its `request_id`; jobs run
-later, in no request (`queues.py`). No line
+later, in no request (`queues.py`), and carry the upload id instead. No line
 formats a request header, a token, the bytes of an upload or the
 configuration's options; as a last guard, every value of a setting whose
 name says it is secret (`key`, `secret`, `token`, `password`, ...) and every
@@ -31,6 +36,7 @@ from structlog.stdlib import ProcessorFormatter, add_log_level, add_logger_name
 from structlog.typing import EventDict, WrappedLogger
 
 from .config import Settings
+from .models import Status, StoredRecord, age_seconds
 
 #: Setting names whose values never appear in a line (substrings, lower case).
 SECRET_NAMES = ("key", "secret", "token", "password", "passwd", "credential", "sas", "signature")
@@ -77,6 +83,32 @@ def _add_request_id(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     if context is not None:
         event.setdefault("request_id", context.request_id)
     return event
+
+
+# Upload state changes.
+
+_uploads = get_logger("uploadsvc.uploads")
+
+
+def upload_changed(upload_id: str, before: StoredRecord | None, after: StoredRecord | None) -> None:
+    """One `upload` line per record created, moved to a new status, or deleted."""
+    context = _request.get()
+    if context is not None and context.upload_id is None:
+        context.upload_id = upload_id
+    age_ms = round(age_seconds(upload_id) * 1000)  # the id starts with its creation time
+    if after is None:
+        _uploads.info("upload", upload_id=upload_id, status="deleted", age_ms=age_ms)
+        return
+    fields: dict[str, Any] = {"upload_id": upload_id, "status": after.status.value}
+    if before is not None:
+        fields["previous"] = before.status.value
+    fields |= {"size": after.size, "age_ms": age_ms}
+    if after.attempts:
+        fields["attempts"] = after.attempts
+    if after.status is Status.failed:
+        fields |= {"error": after.error, "rejected": after.rejected}
+    quiet = after.status is not Status.failed or after.rejected
+    (_uploads.info if quiet else _uploads.warning)("upload", **fields)
 
 
 # Set-up.
