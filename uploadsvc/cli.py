@@ -12,7 +12,6 @@ from pathlib import Path
 
 import uvicorn
 
-from . import logs
 from .app import build_app_or_exit
 
 #: On SIGTERM: stop accepting, give requests in flight this long to finish, then
@@ -42,17 +41,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         work(args.config)
         return 0
     app = build_app_or_exit(args.config)
-    settings = app.state.settings
-    server = settings.server
+    server = app.state.settings.server
     uvicorn.run(
         app,
         host=args.host or server.host,
         port=server.port if args.port is None else args.port,
         loop="uvloop",
         http="httptools",
-        # Our format for uvicorn's own lines; its access log gives way to ours (requestlog.py).
-        log_config=logs.config(settings),
-        log_level=settings.logging.level,
+        log_level=app.state.settings.logging.level,
+        # Logging is ours already (logs.setup, as the app was built): uvicorn keeps
+        # it, and its access log gives way to the request line (web/requestlog.py).
+        log_config=None,
         access_log=False,
         timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
     )

@@ -121,7 +121,7 @@ def setup(settings: Settings) -> None:
 
 
 def config(settings: Settings) -> dict[str, Any]:
-    """The `dictConfig` of `setup`; also uvicorn's `log_config`, so it applies the same."""
+    """The `dictConfig` of `setup` (uvicorn is told to leave it alone: `cli.py`)."""
     level = settings.logging.level.upper()
     formatter = _formatter(settings)
     return {
