@@ -15,11 +15,13 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from . import logs
 from .config import Settings, load_settings
 from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
 from .web import api, docs, examples, pages
+from .web.requestlog import LoggedApp
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -38,7 +40,7 @@ def create_app(
             await jobs.stop()
             await jobs.close()
 
-    app = FastAPI(
+    app = LoggedApp(  # a FastAPI whose outermost layer is the request log
         title="uploadsvc",
         summary="Streaming file uploads onto a local folder, S3, Azure Blob, GCS, SFTP or a "
         "plugin's storage.",
@@ -62,8 +64,11 @@ def build_app_or_exit(config: Path | None = None) -> FastAPI:
     """Settings -> app -> reachability check, or one line on stderr and exit status 1."""
 
     def build() -> FastAPI:
-        app = create_app(load_settings(config))
+        settings = load_settings(config)
+        app = create_app(settings)
         check_reachable(app.state.jobs)
+        # Only now: a start-up that fails says so in one line, with no library's chatter.
+        logs.setup(settings)
         return app
 
     return or_exit(build)

@@ -64,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "port": server.port if args.port is None else args.port,
         "loop": "uvloop",
         "http": "httptools",
-        "log_level": "info",
+        "log_level": app.state.settings.logging.level,
+        # Logging is ours already (logs.setup, as the app was built): uvicorn keeps
+        # it, and its access log gives way to the request line (web/requestlog.py).
+        "log_config": None,
+        "access_log": False,
         "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS,
     }
     workers = server.workers if args.workers is None else args.workers

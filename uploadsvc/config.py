@@ -18,7 +18,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -123,6 +123,13 @@ class ProcessingSettings(_Section):
     timeout_seconds: float = Field(default=300.0, gt=0)
 
 
+class LoggingSettings(_Section):
+    """One line per event on stderr: `text` for people, `json` for collectors (see `logs.py`)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
 class Settings(BaseSettings):
     """Every key, validated. `Settings(...)` is exactly what it is given (tests,
     `create_app`); `load_settings` adds the file and the environment."""
@@ -139,6 +146,7 @@ class Settings(BaseSettings):
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     def staging_options(self) -> dict[str, Any]:
         """`[staging.options]`, or `[storage.options]` when staging is on the same protocol."""

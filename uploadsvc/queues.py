@@ -12,6 +12,7 @@ not final and not held. `[queue] url` empty keeps jobs in the service;
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol
 
@@ -75,7 +76,9 @@ class LocalQueue:
         if upload_id in self._tasks:
             self._again.add(upload_id)
             return
-        task = asyncio.create_task(self._run(upload_id))
+        # A job belongs to no request, even when a request's background task queued
+        # it: an empty context keeps that request's id off the job's log lines.
+        task = asyncio.create_task(self._run(upload_id), context=contextvars.Context())
         self._tasks[upload_id] = task
         task.add_done_callback(lambda _: self._finished(upload_id))
 

@@ -66,17 +66,26 @@ _INVERTED = str.maketrans("0123456789abcdef", "fedcba9876543210")
 
 
 Edit = Callable[[StoredRecord], StoredRecord]
+#: Hears of every record created (before None), status moved, or deleted (both None);
+#: called after the write, so it must not raise.
+Listener = Callable[[str, StoredRecord | None, StoredRecord | None], None]
 
 
 class Records:
     """The records of one storage; every method reads or writes the backend (no cache)."""
 
     def __init__(
-        self, storage: Storage, on_final: Callable[[StoredRecord], None] | None = None
+        self,
+        storage: Storage,
+        on_final: Callable[[StoredRecord], None] | None = None,
+        on_change: Listener | None = None,
     ) -> None:
         self.storage = storage
         #: Called once per upload, with the record that made it final.
         self.on_final = on_final
+        #: Called after each write that creates, moves (a new status) or deletes a
+        #: record: `(id, before, after)` (the log's state lines, `logs.py`).
+        self.on_change = on_change
 
     async def create(self, record: StoredRecord) -> None:
         # The index entry may be lost to a power cut (the leftovers pass at
@@ -85,6 +94,7 @@ class Records:
         if not record.status.final:
             await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)
+        self._changed(record.id, None, record)
         if record.status.final:
             self._finalised(record)
 
@@ -112,6 +122,8 @@ class Records:
                 await self.storage.put_small(record_key(upload_id), _dump(updated), if_match=etag)
             except PreconditionFailed:
                 continue
+            if updated.status is not record.status:
+                self._changed(upload_id, record, updated)
             if updated.status.final:
                 self._finalised(updated)
                 await self.storage.delete(active_key(upload_id))
@@ -143,8 +155,15 @@ class Records:
 
     async def delete(self, upload_id: str) -> None:
         await self.storage.delete(record_key(upload_id))
+        self._changed(upload_id, None, None)
         await self.storage.delete(active_key(upload_id))
         await self.storage.delete(index_key(upload_id))
+
+    def _changed(
+        self, upload_id: str, before: StoredRecord | None, after: StoredRecord | None
+    ) -> None:
+        if self.on_change is not None:
+            self.on_change(upload_id, before, after)
 
     def _finalised(self, record: StoredRecord) -> None:
         if self.on_final is not None:

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import derived
 from .errors import NotFound, ServiceError
+from .logs import upload_changed
 from .models import Job, Status, StoredRecord, new_id, now
 from .pipeline import Pipeline, ProcessingFailed, ProcessingRejected
 from .records import Records
@@ -52,7 +53,7 @@ class UploadService:
     ) -> None:
         self.storage = storage
         self.staging = staging
-        self.records = Records(storage, on_final=pipeline.announce)
+        self.records = Records(storage, on_final=pipeline.announce, on_change=upload_changed)
         self.pipeline = pipeline
         self.limit = max_upload_bytes
 

@@ -20,6 +20,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
+from . import logs
 from .config import ConfigError, load_settings
 from .jobs import CONCURRENT_JOBS, Jobs
 from .redis_queue import DEQUEUE_SECONDS, JOB_FUNCTION, RedisQueue
@@ -37,10 +38,10 @@ def main(config: Path | None) -> None:
             raise ConfigError("queue.url: empty: the service runs its jobs itself; set a redis://")
         jobs = build_jobs(settings)
         check_reachable(jobs)
+        logs.setup(settings)  # only now, as in app.py: a failed start-up is one line
         return jobs
 
     jobs = or_exit(build)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(name)s: %(message)s")
     asyncio.run(work(jobs))
 
 
