@@ -20,6 +20,7 @@ from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
 from .web import api, pages
+from .web.access import install_access
 from .wiring import build_jobs, check_reachable, or_exit
 
 
@@ -51,6 +52,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(api.router)
     app.include_router(pages.router)
+    install_access(app, settings)
     return app
 
 
