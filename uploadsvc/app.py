@@ -21,6 +21,7 @@ from .errors import install_error_handlers
 from .pipeline import Pipeline
 from .storage import Storage
 from .web import api, docs, examples, pages
+from .web.access import install_access
 from .web.requestlog import LoggedApp
 from .wiring import build_jobs, check_reachable, or_exit
 
@@ -57,6 +58,7 @@ def create_app(
     app.include_router(pages.router)
     docs.install(app)
     examples.keep_example_nulls(app)
+    install_access(app, settings)
     return app
 
 

@@ -15,12 +15,13 @@ container platforms configure a service (pydantic-settings reads them; see
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 from pydantic_settings import (
@@ -118,6 +119,59 @@ class MetricsSettings(_Section):
     public: bool = False
 
 
+#: What a token may do (see web/access.py for which route needs which).
+Scope = Literal["upload", "read", "delete"]
+ALL_SCOPES: tuple[Scope, ...] = ("upload", "read", "delete")
+
+
+class TokenEntry(_Section):
+    """A token limited to `scopes`: given plainly (`token`) or by its sha256 (`sha256`)."""
+
+    # Kept out of repr: settings may be printed, a token never.
+    token: str | None = Field(default=None, pattern=r"^\S+$", repr=False)
+    sha256: str | None = Field(default=None, pattern="^[0-9a-fA-F]{64}$")
+    scopes: list[Scope] = Field(default_factory=lambda: list(ALL_SCOPES))
+
+    @model_validator(mode="after")
+    def _one_of_token_or_sha256(self) -> TokenEntry:
+        if (self.token is None) == (self.sha256 is None):
+            raise ValueError("give token or sha256, not both or neither")
+        return self
+
+
+class AuthSettings(_Section):
+    """Empty `tokens` and no `tokens_file`: open. Else a bearer token on every route but /healthz.
+
+    `tokens_file` names a file of sha256 hashes, one `<hex> [scope ...]` a line, so
+    that no token needs to sit in this file (see auth.py).
+    """
+
+    tokens: list[TokenEntry] = Field(default_factory=list)
+    tokens_file: str = ""
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _plain_token_has_every_scope(cls, tokens: Any) -> Any:
+        # `tokens = ["..."]`, the contract's shape, is a list of tables with every scope.
+        if isinstance(tokens, list):
+            return [{"token": t} if isinstance(t, str) else t for t in tokens]
+        return tokens
+
+
+class CorsSettings(_Section):
+    """Browser origins (`https://app.example.org`, or `*`) allowed to call the API."""
+
+    allow_origins: list[str] = Field(default_factory=list)
+
+    @field_validator("allow_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return origins
+
+
 class ProcessingSettings(_Section):
     pipeline: list[str] = Field(default_factory=list)
     timeout_seconds: float = Field(default=300.0, gt=0)
@@ -145,6 +199,8 @@ class Settings(BaseSettings):
     queue: QueueSettings = Field(default_factory=QueueSettings)
     processing: ProcessingSettings = Field(default_factory=ProcessingSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    cors: CorsSettings = Field(default_factory=CorsSettings)
     plugins: dict[str, dict[str, Any]] = Field(default_factory=dict)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 

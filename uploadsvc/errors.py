@@ -46,6 +46,21 @@ class BadRequest(ServiceError):
     status, code = 400, "bad_request"
 
 
+class Unauthorized(ServiceError):
+    """No token, or one that is not valid, while `[auth] tokens` is set."""
+
+    status, code = 401, "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ServiceError):
+    """A token without the scope the route needs, or a write from another site."""
+
+    status, code = 403, "forbidden"
+
+
 class NotFound(ServiceError):
     status, code = 404, "not_found"
 
@@ -168,7 +183,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
-        return render_error(request, exc.status, exc.code, exc.detail, exc.headers(), exc.fields())
+        return error_response(request, exc)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -196,6 +211,11 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(ClientDisconnect, disconnected)
     app.add_exception_handler(Exception, unexpected)
+
+
+def error_response(request: Request, exc: ServiceError) -> Response:
+    """`exc` as the client sees it; also for middleware that answers before the handlers."""
+    return render_error(request, exc.status, exc.code, exc.detail, exc.headers(), exc.fields())
 
 
 def render_error(
