@@ -7,7 +7,7 @@ library's, and the two structured lines this service writes:
 - `request`, one per HTTP request (`web/requestlog.py`);
 - `upload`, one per status change of an upload: created (`queued`,
   `processing` or `completed`), `storing`, `processing`, `completed`,
-  `failed`, `deleted` (`upload_changed`, the records' `on_change` hook).
+  `failed`, `deleted` (`upload_changed`, a listener of the records).
 
 A line written while a request is served carries its `request_id`; jobs run
 later, in no request (`queues.py`), and carry the upload id instead. No line

@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from .errors import Conflict, NotFound, PreconditionFailed
 from .models import ID_PATTERN, StoredRecord
@@ -74,18 +74,12 @@ Listener = Callable[[str, StoredRecord | None, StoredRecord | None], None]
 class Records:
     """The records of one storage; every method reads or writes the backend (no cache)."""
 
-    def __init__(
-        self,
-        storage: Storage,
-        on_final: Callable[[StoredRecord], None] | None = None,
-        on_change: Listener | None = None,
-    ) -> None:
+    def __init__(self, storage: Storage, listeners: Sequence[Listener] = ()) -> None:
         self.storage = storage
-        #: Called once per upload, with the record that made it final.
-        self.on_final = on_final
         #: Called after each write that creates, moves (a new status) or deletes a
-        #: record: `(id, before, after)` (the log's state lines, `logs.py`).
-        self.on_change = on_change
+        #: record: `(id, before, after)` (the log's state lines in `logs.py`, the
+        #: plugins told of final uploads in `service.py`).
+        self.listeners = tuple(listeners)
 
     async def create(self, record: StoredRecord) -> None:
         # The index entry may be lost to a power cut (the leftovers pass at
@@ -95,8 +89,6 @@ class Records:
             await self.storage.put_small(active_key(record.id), b"")
         await self.storage.put_small(record_key(record.id), _dump(record), if_none_match=True)
         self._changed(record.id, None, record)
-        if record.status.final:
-            self._finalised(record)
 
     async def get(self, upload_id: str) -> StoredRecord:
         return (await self._get(upload_id))[0]
@@ -125,7 +117,6 @@ class Records:
             if updated.status is not record.status:
                 self._changed(upload_id, record, updated)
             if updated.status.final:
-                self._finalised(updated)
                 await self.storage.delete(active_key(upload_id))
             return updated
         raise Conflict(f"upload {upload_id} is being changed by someone else")
@@ -162,12 +153,8 @@ class Records:
     def _changed(
         self, upload_id: str, before: StoredRecord | None, after: StoredRecord | None
     ) -> None:
-        if self.on_change is not None:
-            self.on_change(upload_id, before, after)
-
-    def _finalised(self, record: StoredRecord) -> None:
-        if self.on_final is not None:
-            self.on_final(record)
+        for listener in self.listeners:
+            listener(upload_id, before, after)
 
     async def _get(self, upload_id: str) -> tuple[StoredRecord, str]:
         if not _ID.match(upload_id):

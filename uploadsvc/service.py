@@ -53,7 +53,7 @@ class UploadService:
     ) -> None:
         self.storage = storage
         self.staging = staging
-        self.records = Records(storage, on_final=pipeline.announce, on_change=upload_changed)
+        self.records = Records(storage, listeners=(upload_changed, self._announce_final))
         self.pipeline = pipeline
         self.limit = max_upload_bytes
 
@@ -82,6 +82,13 @@ class UploadService:
         upload_id, started = new_id(), now()
         received = await self._receive(self.staging, upload_id, body, content_type, content_length)
         return await self._record(self.staging, upload_id, received, Status.queued, started)
+
+    def _announce_final(
+        self, upload_id: str, before: StoredRecord | None, after: StoredRecord | None
+    ) -> None:
+        """Plugins hear of each upload once, when it becomes final (`plugin.finished`)."""
+        if after is not None and after.status.final and (before is None or not before.status.final):
+            self.pipeline.announce(after)
 
     async def store_staged(self, record: StoredRecord) -> None:
         """Move the staged bytes into storage, unless an earlier run already did."""

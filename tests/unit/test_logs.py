@@ -175,7 +175,7 @@ def test_records_tell_each_creation_status_move_and_deletion_once() -> None:
         heard.append((before and before.status.value, after and after.status.value))
 
     async def lifecycle() -> None:
-        records = Records(open_storage(f"memory://logs-{uuid.uuid4().hex}", {}), on_change=listen)
+        records = Records(open_storage(f"memory://logs-{uuid.uuid4().hex}", {}), listeners=[listen])
         created = record(Status.queued)
         await records.create(created)
         steps = [{"attempts": 1}, {"status": Status.storing}, {"attempts": 2}]
