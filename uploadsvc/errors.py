@@ -215,7 +215,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def error_response(request: Request, exc: ServiceError) -> Response:
     """`exc` as the client sees it; also for middleware that answers before the handlers."""
-    return render_error(request, exc.status, exc.code, exc.detail, exc.headers(), exc.fields())
+    from .web.urls import public_path
+
+    headers = exc.headers()
+    if "Location" in headers:  # a path of this app: under the prefix it is served at
+        headers["Location"] = public_path(request, headers["Location"])
+    return render_error(request, exc.status, exc.code, exc.detail, headers, exc.fields())
 
 
 def render_error(

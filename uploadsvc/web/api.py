@@ -33,6 +33,7 @@ from ..storage import check_in_time
 from . import examples
 from .downloads import byte_range, derived_filename, download_headers, not_modified, safe_headers
 from .templating import templates, wants_html
+from .urls import public_path, public_record, root_path, under_root
 
 router = APIRouter()
 
@@ -77,7 +78,7 @@ def _content_length(request: Request) -> int | None:
 
 def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> Response:
     """The outcome as JSON, or as a page for a browser's form post."""
-    headers = {"Location": f"/uploads/{record.id}"}
+    headers = {"Location": public_path(request, f"/uploads/{record.id}")}
     if wants_html(request):
         return templates.TemplateResponse(
             request, "record.html", {"record": record}, status_code=status, headers=headers
@@ -125,7 +126,7 @@ async def upload_blocking(request: Request) -> Response:
             record = await jobs.run_held(record)
         if record.rejected:
             raise UploadRejected(record.error or "rejected", record.id)
-    return _answer(request, record, 201, record.public())
+    return _answer(request, record, 201, public_record(request, record))
 
 
 @router.post(
@@ -151,7 +152,8 @@ async def upload_nonblocking(request: Request, background: BackgroundTasks) -> R
             _content_length(request),
         )
     background.add_task(_jobs(request).nudge, record.id)
-    accepted = Accepted(id=record.id, status=record.status, status_url=f"/uploads/{record.id}")
+    status_url = public_path(request, f"/uploads/{record.id}")
+    accepted = Accepted(id=record.id, status=record.status, status_url=status_url)
     return _answer(request, record, 202, accepted.model_dump(mode="json"))
 
 
@@ -175,7 +177,10 @@ async def list_uploads(
     if wants_html(request):
         context = {"items": items, "next_cursor": next_cursor, "limit": limit}
         return templates.TemplateResponse(request, "list.html", context)
-    return JSONResponse(UploadPage(items=items, next_cursor=next_cursor).model_dump(mode="json"))
+    page = UploadPage(items=items, next_cursor=next_cursor).model_dump(mode="json")
+    for item in page["items"]:
+        under_root(item, root_path(request))
+    return JSONResponse(page)
 
 
 @router.get(
@@ -191,7 +196,7 @@ async def get_upload(request: Request, upload_id: str) -> Response:
     record = await _service(request).records.get(upload_id)
     if wants_html(request):
         return templates.TemplateResponse(request, "record.html", {"record": record})
-    return JSONResponse(record.public())
+    return JSONResponse(public_record(request, record))
 
 
 @router.get(

@@ -10,8 +10,15 @@ from fastapi.templating import Jinja2Templates
 from starlette.requests import Request
 
 from ..resources import TEMPLATES_DIR
+from .urls import root_path
 
-templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+
+def _prefix(request: Request) -> dict[str, str]:
+    """Every page's links start with `root_path`, the prefix a proxy serves the app under."""
+    return {"root_path": root_path(request)}
+
+
+templates = Jinja2Templates(directory=str(TEMPLATES_DIR), context_processors=[_prefix])
 
 
 def wants_html(request: Request) -> bool:
