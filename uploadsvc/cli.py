@@ -70,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "log_config": None,
         "access_log": False,
         "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS,
+        # Behind a reverse proxy (see the README's "Behind nginx").
+        "root_path": server.root_path,
+        "proxy_headers": bool(server.forwarded_allow_ips),
+        "forwarded_allow_ips": server.forwarded_allow_ips,
     }
     workers = server.workers if args.workers is None else args.workers
     if workers < 1:

@@ -14,6 +14,7 @@ container platforms configure a service (pydantic-settings reads them; see
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -53,11 +54,45 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
+    """Where `uploadsvc serve` listens, and how it sits behind a reverse proxy.
+
+    `root_path` is the path prefix the proxy serves the app under
+    ("/uploads-service"): every URL the service emits carries it. A proxy's
+    `X-Forwarded-For` and `X-Forwarded-Proto` are believed only from the
+    addresses in `forwarded_allow_ips` (IPs, networks, or "*"); the default,
+    loopback, is uvicorn's own default, so a local nginx works out of the box
+    while no remote client can claim another address. `[]` trusts no one.
+    """
+
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     #: Processes `uploadsvc serve` runs (uvicorn workers); they share the storage
     #: as separate instances would.
     workers: int = Field(default=1, ge=1)
+    root_path: str = ""
+    forwarded_allow_ips: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @field_validator("root_path")
+    @classmethod
+    def _a_path_prefix(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError('must be empty or start with "/" and not end with "/"')
+        # uvicorn prepends it to every request's raw path as ASCII bytes.
+        if not (value.isascii() and value.isprintable()) or any(c in value for c in "?#%\\ "):
+            raise ValueError("must be a plain ASCII path (no ?, #, %, backslash or spaces)")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item)  # strict, as uvicorn reads it
+            except ValueError:
+                raise ValueError(f'{item!r} is not an IP address, a network or "*"') from None
+        return value
 
 
 class StorageSettings(_Section):
