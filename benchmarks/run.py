@@ -20,14 +20,16 @@ What is measured, in this order:
   4. processor cost (processors.py): a blocking upload through each shipped processor plugin,
      beside the same file with an empty pipeline; and workers: 64 concurrent 1 MiB uploads
      against `uploadsvc serve --workers 1` and `--workers 2`;
+     and nginx (proxy.py): the large blocking upload through nginx, against the same upload
+     straight to the service;
   5. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
      `put_file` limit, uploadsvc's blocking and background uploads, recovery, listing;
   6. one row per other storage backend, each against a fresh emulator: the library's own
      `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking and background uploads of
      the same file.
-How each row is timed is in scenarios.py, listing.py, recovery.py and processors.py; the
-targets and their reading in targets.py (the processor and worker rows have none: each is
-reported against its own limit, measured in the same run).
+How each row is timed is in scenarios.py, listing.py, recovery.py, processors.py and
+proxy.py; the targets and their reading in targets.py (the processor, worker and nginx rows
+have none: each is reported against its own limit, measured in the same run).
 
 Needs the project's dependencies, plus the `test` extra (moto[server], boto3, pytest, and
 each backend's library and emulator wrapper); a missing package is named at start, with the
@@ -56,6 +58,7 @@ from typing import Any
 
 import listing
 import processors
+import proxy
 import recovery
 import report
 import scenarios
@@ -89,7 +92,7 @@ QUICK = Plan(small=32 * MiB, large=128 * MiB, healthz=256 * MiB, runs=1, records
 #: Storage backends with a row each beside S3's, in the order they run.
 BACKENDS = ["azure", "gcs", "sftp"]
 #: Groups of rows `--rows` can pick.
-ROW_GROUPS = ["uploads", "recovery", "listing", "processors", "workers", "backends"]
+ROW_GROUPS = ["uploads", "recovery", "listing", "processors", "workers", "backends", "nginx"]
 #: `uploadsvc serve --workers N` for the workers rows; the first is the others' limit.
 WORKER_COUNTS = (1, 2)
 
@@ -291,6 +294,21 @@ def measure_recovery_and_listing(
         )
 
 
+def measure_nginx(bench: Bench, src: SourceFile, notes: list[str], results: Results) -> None:
+    """The large blocking upload through nginx, and straight to the service (its limit)."""
+    rows, error = scenarios.attempt(
+        f"uploadsvc through nginx vs direct, blocking {human_size(src.size)}",
+        partial(proxy.measure, bench, src),
+    )
+    if rows is None:
+        modes = [(proxy.DIRECT, "limit"), (UPLOADSVC, "blocking")]
+        rows = [Row(app, proxy.STORAGE, mode, src.size, error=error) for app, mode in modes]
+    results.rows.extend(rows)
+    cpu = proxy.nginx_cpu_s_per_gib(rows[-1])
+    if cpu is not None:
+        notes.append(f"through nginx: nginx's own CPU {cpu:.2f} s/GiB (not in the server column)")
+
+
 def measure_cp_limits(
     bench: Bench, files: dict[int, SourceFile], plan: Plan, results: Results
 ) -> None:
@@ -383,6 +401,8 @@ def file_sizes(args: argparse.Namespace, plan: Plan) -> list[int]:
         sizes |= {plan.small, plan.large, plan.healthz}
     if args.backends or "processors" in args.rows:
         sizes.add(plan.small)
+    if "nginx" in args.rows:
+        sizes.add(plan.large)
     return sorted(sizes)
 
 
@@ -450,6 +470,8 @@ def run(
             results.processors.extend(processors.measure(bench, files[plan.small]))
         if "workers" in args.rows:
             measure_workers(bench, results)
+        if "nginx" in args.rows:
+            measure_nginx(bench, files[plan.large], notes, results)
     if not args.no_s3:
         srcs = [files[size] for size in (plan.small, plan.large) if size in files]
         problem = measure_s3(bench, uploadsvc_ok, srcs, plan, args.rows, results)

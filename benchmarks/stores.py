@@ -35,6 +35,7 @@ LIBRARIES = {"s3": "s3fs", "azure": "adlfs", "gcs": "gcsfs", "sftp": "sshfs"}
 EMULATORS = {"s3": "moto", "azure": "Azurite", "gcs": "fake-gcs-server", "sftp": "OpenSSH"}
 #: How tables and target names call each storage.
 TITLES = {"local": "local", "s3": "S3", "azure": "Azure", "gcs": "GCS", "sftp": "SFTP"}
+TITLES["nginx"] = "local via nginx"  # proxy.py's rows
 
 
 @dataclass(frozen=True)
