@@ -72,7 +72,11 @@ def _client(base_url: str, local_address: str | None = None) -> httpx.Client:
 
 @contextmanager
 def proxied(
-    workdir: Path, *, limits: dict[str, Any] | None = None, body_limit: str | None = None
+    workdir: Path,
+    *,
+    limits: dict[str, Any] | None = None,
+    body_limit: str | None = None,
+    tokens: list[str] | None = None,
 ) -> Iterator[Proxied]:
     """`uploadsvc serve` under the README's prefix, thumbnails on, with nginx in front."""
     store, staging = workdir / "store", workdir / "staging"
@@ -80,6 +84,7 @@ def proxied(
         workdir / "service.toml",
         {
             "server": {"root_path": PREFIX},
+            "auth": {"tokens": tokens or []},
             "storage": {"url": f"file://{store}"},
             "staging": {"url": f"file://{staging}"},
             "limits": limits or {},
@@ -239,6 +244,38 @@ def test_pages_link_and_post_under_the_prefix_and_every_link_works(behind: Proxi
         # The API's own page finds its description under the prefix.
         assert f"'{PREFIX}/openapi.json'" in http.get(f"{PREFIX}/docs").text
         assert http.get(f"{PREFIX}/openapi.json").status_code == 200
+
+
+def test_signing_in_and_out_stays_under_the_prefix(tmp_path: Path) -> None:
+    """With tokens, the pages' sign-in goes through nginx: the form, where it leads, the
+    sign-out; the browser's `Origin` is compared with the `Host` nginx passes on."""
+    token = "proxied-secret-token"
+    with proxied(tmp_path, tokens=[token]) as setup, setup.http() as http:
+        origin = f"http://127.0.0.1:{setup.proxy.port}"
+        browser = {"Accept": "text/html", "Origin": origin}
+        refused = http.get(f"{PREFIX}/uploads", headers=browser)
+        assert refused.status_code == 401
+        assert ("action", f"{PREFIX}/signin") in links(refused.text)
+        assert f'name="next" value="{PREFIX}/uploads"' in refused.text
+        alone = http.get(f"{PREFIX}/signin", headers=browser)  # without a `next`: the home page
+        assert f'name="next" value="{PREFIX}/"' in alone.text
+
+        signed = http.post(
+            f"{PREFIX}/signin", data={"token": token, "next": f"{PREFIX}/uploads"}, headers=browser
+        )
+        assert signed.status_code == 303
+        assert signed.headers["location"] == f"{PREFIX}/uploads"
+        page = http.get(signed.headers["location"], headers=browser)  # the cookie, kept
+        assert page.status_code == 200
+        assert ("action", f"{PREFIX}/signout") in links(page.text)
+        out = http.post(f"{PREFIX}/signout", headers=browser)
+        assert out.status_code == 303
+        assert out.headers["location"] == f"{PREFIX}/signin"
+        # Another site's page cannot sign anyone in, through nginx as without it.
+        foreign = {**browser, "Origin": "https://evil.example"}
+        assert (
+            http.post(f"{PREFIX}/signin", data={"token": token}, headers=foreign).status_code == 403
+        )
 
 
 def test_a_body_over_the_limit_is_refused_and_nothing_is_stored(tmp_path: Path) -> None:

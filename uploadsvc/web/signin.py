@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse
 from ..auth import SESSION_SECONDS, Tokens
 from ..errors import BadRequest, PayloadTooLarge
 from .templating import templates
+from .urls import public_path
 
 SIGNIN = "/signin"
 SIGNOUT = "/signout"
@@ -33,14 +34,14 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get(SIGNIN)
-async def signin_page(request: Request, next: str = "/") -> Response:
-    return _page(request, safe_next(next))
+async def signin_page(request: Request, next: str | None = None) -> Response:
+    return _page(request, _target(request, next))
 
 
 @router.post(SIGNIN)
 async def signin(request: Request) -> Response:
     form = await _small_form(request)
-    target = safe_next(form.get("next", "/"))
+    target = _target(request, form.get("next"))
     tokens: Tokens = request.app.state.tokens
     session = tokens.open_session(form.get("token", "").strip().encode())
     if session is None:
@@ -60,7 +61,7 @@ async def signin(request: Request) -> Response:
 
 @router.post(SIGNOUT)
 async def signout(request: Request) -> Response:
-    answer = RedirectResponse(SIGNIN, status_code=303)
+    answer = RedirectResponse(public_path(request, SIGNIN), status_code=303)
     answer.delete_cookie(
         COOKIE, path="/", secure=request.url.scheme == "https", httponly=True, samesite="strict"
     )
@@ -76,6 +77,13 @@ def safe_next(path: str) -> str:
         and len(path) <= 2000
     )
     return path if ok else "/"
+
+
+def _target(request: Request, next: str | None) -> str:
+    """Where a sign-in leads: `next` when it is safe, else the upload page, both as the
+    client asks for them (under the prefix a proxy serves the app at)."""
+    home = public_path(request, "/")
+    return home if next is None or safe_next(next) == "/" else next
 
 
 def _page(request: Request, next: str, error: str = "", status: int = 200) -> Response:
