@@ -41,7 +41,10 @@ def measure(bench: Bench, src: SourceFile) -> list[Row]:
         for _ in range(bench.runs):
             direct.runs.append(_run(bench, plain, plain.base_url, src))
             nginx_cpu0 = servers.tree_cpu_seconds(proxy.pid)
-            run = _run(bench, behind, proxy.url, src)
+            try:
+                run = _run(bench, behind, proxy.url, src)
+            except scenarios.BenchError as e:
+                raise scenarios.BenchError(f"{e}; nginx's error log ends: {proxy.errors()}") from e
             run["nginx_cpu_s"] = servers.tree_cpu_seconds(proxy.pid) - nginx_cpu0
             through.runs.append(run)
         direct.peak_rss_bytes = plain.peak_rss_bytes()

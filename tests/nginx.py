@@ -86,6 +86,7 @@ class Nginx:
     pid: int
     body_temp: Path
     access_log: Path
+    error_log: Path
 
     @property
     def url(self) -> str:
@@ -99,6 +100,13 @@ class Nginx:
             with contextlib.suppress(FileNotFoundError):  # removed while we looked
                 total += path.stat().st_size if path.is_file() else 0
         return total
+
+    def errors(self, lines: int = 5) -> str:
+        """The end of nginx's error log: why it answered 502, say."""
+        try:
+            return "\n".join(self.error_log.read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
 
 
 @contextmanager
@@ -114,4 +122,6 @@ def serve(
     conf.write_text(config(workdir, port, block))
     argv = [program, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
     with tools.running(argv, port, log=workdir / "nginx.log") as proc:
-        yield Nginx(port, proc.pid, workdir / "client_body", workdir / "access.log")
+        yield Nginx(
+            port, proc.pid, workdir / "client_body", workdir / "access.log", workdir / "error.log"
+        )
