@@ -20,13 +20,13 @@ import asyncio
 import secrets
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
 from .config import Settings, config_path, environment_variables, load_settings
 from .errors import StorageUnavailable
 from .jobs import Jobs
+from .shown import shown_url
 from .storage import Ability, Storage
 from .wiring import STARTUP_CHECK_TIMEOUT, build_jobs, check_reachable, or_exit
 
@@ -112,7 +112,7 @@ def _store(name: str, storage: Storage, options: dict[str, Any]) -> str:
     described = f"{type(storage).__name__}: {abilities}"
     if options:
         described += f"; options {', '.join(sorted(options))}"
-    return f"{name}: {_shown(storage.url)} ({described}) reachable, writable"
+    return f"{name}: {shown_url(storage.url)} ({described}) reachable, writable"
 
 
 def _fields(section: BaseModel) -> str:
@@ -137,7 +137,7 @@ def _bytes(n: int) -> str:
 
 def _jobs(settings: Settings) -> str:
     where = (
-        f"on {_shown(settings.queue.url)} (reachable), run by `uploadsvc worker`"
+        f"on {shown_url(settings.queue.url)} (reachable), run by `uploadsvc worker`"
         if settings.queue.url
         else "in this process (no queue)"
     )
@@ -156,12 +156,3 @@ def _pipeline(settings: Settings) -> str:
     ]
     timeout = settings.processing.timeout_seconds
     return f"{', '.join(named)}; {timeout:g} s per processor"
-
-
-def _shown(url: str) -> str:
-    """`url` without a password (`redis://:secret@host` -> `redis://:***@host`)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user, _, host = parts.netloc.rpartition("@")
-    return parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}").geturl()

@@ -20,6 +20,7 @@ import saq.queue.redis
 
 from .config import ConfigError
 from .errors import StorageUnavailable
+from .shown import shown_url
 
 #: The one function a worker runs: `run_job(upload_id=...)`.
 JOB_FUNCTION = "run_job"
@@ -42,7 +43,7 @@ class RedisQueue:
             )
             self.saq = _SaqQueue(client)
         except ValueError as e:
-            raise ConfigError(f"queue.url: {url}: {e}") from None
+            raise ConfigError(f"queue.url: {shown_url(url)}: {e}") from None
         self.url = url
         #: A running job that has not beaten for this long is taken as dead by saq,
         #: which frees its id for the next push.
@@ -65,9 +66,11 @@ class RedisQueue:
 
             await asyncio.wait_for(ping(), seconds)
         except TimeoutError:
-            raise StorageUnavailable(f"queue {self.url} did not answer in {seconds:g} s") from None
+            raise StorageUnavailable(
+                f"queue {shown_url(self.url)} did not answer in {seconds:g} s"
+            ) from None
         except (OSError, redis.exceptions.RedisError) as e:
-            raise StorageUnavailable(f"queue {self.url} is not reachable: {e}") from None
+            raise StorageUnavailable(f"queue {shown_url(self.url)} is not reachable: {e}") from None
         finally:
             await client.aclose()
 

@@ -48,9 +48,10 @@ import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Self
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from ..errors import PreconditionFailed, StorageUnavailable
+from ..shown import shown_url
 from .files import FLUSH_EVERY, RenamingStorage, etag_or_none
 from .interface import Ability
 from .sftplock import ServerLock
@@ -101,12 +102,12 @@ class SFTPStorage(RenamingStorage):
         root = unquote(parts.path).rstrip("/")
         if not parts.hostname or not root or parts.query or parts.fragment:
             raise StorageUnavailable(
-                f"storage {_shown(url)}: expected sftp://[user@]host[:port]/folder"
+                f"storage {shown_url(url)}: expected sftp://[user@]host[:port]/folder"
             )
         try:
             port = parts.port
         except ValueError as e:
-            raise StorageUnavailable(f"storage {_shown(url)}: {e}") from None
+            raise StorageUnavailable(f"storage {shown_url(url)}: {e}") from None
         connect = {**CONNECT_DEFAULTS, **options}
         if port is not None:
             connect.setdefault("port", port)
@@ -114,7 +115,7 @@ class SFTPStorage(RenamingStorage):
             connect.setdefault("username", unquote(parts.username))
         if parts.password:
             connect.setdefault("password", unquote(parts.password))
-        shown = _shown(url)
+        shown = shown_url(url)
         return cls(Remote(shown, parts.hostname, connect), root, shown)
 
     @contextmanager
@@ -174,13 +175,3 @@ class SFTPStorage(RenamingStorage):
                 ) from e
 
         await asyncio.to_thread(make_folder)
-
-
-def _shown(url: str) -> str:
-    """The URL without its password: messages and logs show `url`."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = quote(unquote(parts.username or ""), safe="")
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
