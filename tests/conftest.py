@@ -12,7 +12,7 @@ import importlib
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,14 +41,24 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
 
 
 def make_settings(
-    backend: Backend, tmp_path: Path, jobs: dict[str, Any] | None = None, **limits: int
+    backend: Backend,
+    tmp_path: Path,
+    jobs: dict[str, Any] | None = None,
+    *,
+    pipeline: Sequence[str] = (),
+    plugins: dict[str, dict[str, Any]] | None = None,
+    **limits: int,
 ) -> Settings:
+    """The tests' settings on `backend`: staging in `tmp_path`, and the given jobs,
+    limits, pipeline (processors run under 30 s each) and plugin options."""
     return parse_settings(
         {
             "storage": {"url": backend.url, "options": backend.options},
             "staging": {"path": str(tmp_path / "staging")},
             "limits": limits,
             "jobs": jobs or {},
+            "processing": {"pipeline": list(pipeline), "timeout_seconds": 30},
+            "plugins": plugins or {},
         }
     )
 

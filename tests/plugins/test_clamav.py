@@ -15,7 +15,7 @@ import pytest
 
 from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.backends import Backend, tools
-from tests.conftest import Live
+from tests.conftest import Live, make_settings
 from tests.plugins.clamd import SIGNATURE, STREAM_MAX_BYTES, Clamd, eicar
 from tests.plugins.clamd import clamd_server as clamd_server  # the `clamd` fixture
 from uploadsvc.config import ConfigError, Settings, parse_settings
@@ -27,15 +27,9 @@ local_only = pytest.mark.parametrize("backend", ["local"], indirect=True)
 
 
 def clamav_settings(backend: Backend, tmp_path: Path, **options: Any) -> Settings:
-    """`make_settings` of tests/conftest.py, with `clamav` as the pipeline."""
-    return parse_settings(
-        {
-            "storage": {"url": backend.url, "options": backend.options},
-            "staging": {"path": str(tmp_path / "staging")},
-            "limits": {"max_upload_bytes": 32 << 20},
-            "processing": {"pipeline": ["clamav"], "timeout_seconds": 30},
-            "plugins": {"clamav": options},
-        }
+    plugins = {"clamav": options}
+    return make_settings(
+        backend, tmp_path, max_upload_bytes=32 << 20, pipeline=["clamav"], plugins=plugins
     )
 
 

@@ -19,7 +19,7 @@ import pytest
 from tests.api.helpers import wait_for_status, wait_until
 from tests.backends import Backend
 from tests.conftest import Live, make_settings
-from uploadsvc.config import ConfigError, Settings, parse_settings
+from uploadsvc.config import ConfigError
 from uploadsvc.pipeline import load_pipeline
 
 # The plugin does not touch the storage: one backend says all there is to say.
@@ -31,17 +31,17 @@ DELAY = 2.0
 FAST = DELAY / 3
 
 
-def with_pipeline(
-    backend: Backend, tmp_path: Path, pipeline: list[str], plugins: dict[str, Any]
-) -> Settings:
-    """The tests' usual settings plus `[processing] pipeline` and `[plugins.*]`."""
-    data = make_settings(backend, tmp_path, max_upload_bytes=32 << 20).model_dump()
-    return parse_settings({**data, "processing": {"pipeline": pipeline}, "plugins": plugins})
-
-
 @pytest.fixture
 def live(live_factory: Callable[..., Live], backend: Backend, tmp_path: Path) -> Live:
-    return live_factory(with_pipeline(backend, tmp_path, ["delay"], {"delay": {"seconds": DELAY}}))
+    return live_factory(
+        make_settings(
+            backend,
+            tmp_path,
+            max_upload_bytes=32 << 20,
+            pipeline=["delay"],
+            plugins={"delay": {"seconds": DELAY}},
+        )
+    )
 
 
 def test_blocking_upload_answers_after_the_delay_while_health_checks_stay_fast(
@@ -119,7 +119,9 @@ def test_background_upload_answers_at_once_and_completes_after_the_delay(live: L
 def test_a_wrong_option_stops_start_up_naming_it(
     backend: Backend, tmp_path: Path, options: dict[str, Any], where: str
 ) -> None:
-    settings = with_pipeline(backend, tmp_path, ["delay"], {"delay": options})
+    settings = make_settings(
+        backend, tmp_path, max_upload_bytes=32 << 20, pipeline=["delay"], plugins={"delay": options}
+    )
     with pytest.raises(ConfigError) as caught:
         load_pipeline(settings)
     assert str(caught.value).startswith(where)

@@ -25,7 +25,7 @@ import pytest
 from tests.api.helpers import stored_bytes, wait_for_status, wait_until
 from tests.backends import Backend
 from tests.conftest import Live, make_settings
-from uploadsvc.config import ConfigError, Settings, parse_settings
+from uploadsvc.config import ConfigError, parse_settings
 from uploadsvc.errors import NotFound
 from uploadsvc.models import Status, UploadRecord
 from uploadsvc.pipeline import load_pipeline
@@ -253,18 +253,14 @@ def test_a_wrong_option_stops_start_up_naming_it(options: dict[str, Any], where:
 # Over a real uvicorn.
 
 
-def with_pipeline(
-    backend: Backend, tmp_path: Path, pipeline: list[str], plugins: dict[str, Any]
-) -> Settings:
-    """The tests' usual settings plus `[processing] pipeline` and `[plugins.*]`."""
-    data = make_settings(backend, tmp_path, max_upload_bytes=32 << 20).model_dump()
-    return parse_settings({**data, "processing": {"pipeline": pipeline}, "plugins": plugins})
-
-
 @pytest.fixture
 def live(live_factory: Callable[..., Live], backend: Backend, tmp_path: Path) -> Live:
     plugins = {"mimetype": {"allow": ["image/*"]}}
-    return live_factory(with_pipeline(backend, tmp_path, ["mimetype"], plugins))
+    return live_factory(
+        make_settings(
+            backend, tmp_path, max_upload_bytes=32 << 20, pipeline=["mimetype"], plugins=plugins
+        )
+    )
 
 
 def bytes_kept(live: Live, upload_id: str) -> list[str]:

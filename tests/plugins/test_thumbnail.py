@@ -24,7 +24,7 @@ from PIL import Image, ImageCms, JpegImagePlugin
 
 from tests.api.helpers import wait_for_status
 from tests.backends import Backend
-from tests.conftest import Live
+from tests.conftest import Live, make_settings
 from uploadsvc import plugin
 from uploadsvc.config import ConfigError, Settings, parse_settings
 from uploadsvc.models import Status, UploadRecord
@@ -496,15 +496,9 @@ def test_a_wrong_option_stops_start_up_naming_it(options: dict[str, Any], where:
 
 
 def thumbnail_settings(backend: Backend, tmp_path: Path, **options: Any) -> Settings:
-    """`make_settings` of tests/conftest.py, with `thumbnail` as the pipeline."""
-    return parse_settings(
-        {
-            "storage": {"url": backend.url, "options": backend.options},
-            "staging": {"path": str(tmp_path / "staging")},
-            "limits": {"max_upload_bytes": 32 << 20},
-            "processing": {"pipeline": ["thumbnail"], "timeout_seconds": 30},
-            "plugins": {"thumbnail": options},
-        }
+    plugins = {"thumbnail": options}
+    return make_settings(
+        backend, tmp_path, max_upload_bytes=32 << 20, pipeline=["thumbnail"], plugins=plugins
     )
 
 

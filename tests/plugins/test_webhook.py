@@ -278,10 +278,13 @@ def plugin_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 def service_settings(backend: Backend, tmp_path: Path, urls: list[str], **options: Any) -> Settings:
     """The tests' usual settings plus `[processing] pipeline = ["webhook"]`."""
-    data = make_settings(backend, tmp_path, max_upload_bytes=1 << 20).model_dump()
     webhook = {"urls": urls, "secret": SECRET, **FAST, **options}
-    return parse_settings(
-        {**data, "processing": {"pipeline": ["webhook"]}, "plugins": {"webhook": webhook}}
+    return make_settings(
+        backend,
+        tmp_path,
+        max_upload_bytes=1 << 20,
+        pipeline=["webhook"],
+        plugins={"webhook": webhook},
     )
 
 
