@@ -334,6 +334,11 @@ MULTIPART_REFUSED: list[tuple[str, str, Callable[[], bytes]]] = [
     ("file-without-filename", MULTIPART_TYPE, lambda: form('x="y"')),
     ("unknown-charset-star", MULTIPART_TYPE, lambda: form("filename*=klingon''x.txt")),
     ("preamble-without-end", MULTIPART_TYPE, lambda: b"x" * (80 << 10) + multipart(b"late")),
+    (
+        "preamble-over-64KiB",
+        MULTIPART_TYPE,
+        lambda: b"x" * (200 << 10) + b"\r\n" + multipart(b"late"),
+    ),
 ]
 
 
