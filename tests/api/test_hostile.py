@@ -744,3 +744,44 @@ def test_hostile_if_none_match(
     else:
         assert response.content == b""
     assert_healthy(live)
+
+
+# -- hostile ids in paths (schemathesis sends no invalid path parameters) ---------------
+
+HOSTILE_IDS: list[tuple[str, Callable[[str], str]]] = [
+    ("traversal-encoded", lambda real: "..%2F..%2Fetc%2Fpasswd"),
+    ("traversal-backslash", lambda real: "..%5C..%5Cwin.ini"),
+    ("dotdot", lambda real: "%2E%2E"),
+    ("nul", lambda real: "%00"),
+    ("real-plus-nul", lambda real: real + "%00"),
+    ("real-plus-newline", lambda real: real + "%0A"),
+    ("real-plus-suffix", lambda real: real + ".json"),
+    ("real-uppercase", lambda real: real.upper()),
+    ("record-file", lambda real: real + "%2Ejson"),
+    ("index-prefix", lambda real: "index." + real),
+    ("10000-chars", lambda real: "a" * 10_000),
+    ("unicode", lambda real: "%E2%80%AE" + real[1:]),
+]
+
+
+@pytest.mark.parametrize("make_id", [h[1] for h in HOSTILE_IDS], ids=[h[0] for h in HOSTILE_IDS])
+def test_hostile_ids_are_not_found(live: Live, stored: str, make_id: Callable[[str], str]) -> None:
+    """Only an id of the service's own shape reaches the store; anything else is a 404
+    (a 400 for what the router itself refuses), never a 5xx, and never another file."""
+    real = stored.split("/")[2]
+    hostile = make_id(real)
+    for method, path in [
+        ("GET", f"/uploads/{hostile}"),
+        ("GET", f"/uploads/{hostile}/content"),
+        ("HEAD", f"/uploads/{hostile}/content"),
+        ("GET", f"/uploads/{hostile}/derived/thumbnail"),
+        ("GET", f"/uploads/{real}/derived/{hostile}"),
+        ("DELETE", f"/uploads/{hostile}"),
+    ]:
+        response = live.http.request(method, path)
+        assert response.status_code in (400, 404), (method, path, response.text[:200])
+        if method != "HEAD":
+            assert response.json()["code"] in ("bad_request", "not_found"), (method, path)
+    # The real upload is untouched.
+    assert live.http.get(stored).content == CONTENT
+    assert_healthy(live)
