@@ -41,7 +41,7 @@ async def remove_leftovers(service: UploadService, grace: float) -> int:
     recorded = {k.removesuffix(".json") for k in keys if k.endswith(".json")}
     indexed = {indexed_id(k) for k in keys if k.startswith(INDEX)}
     for upload_id in recorded - indexed:
-        if _ID.match(upload_id):
+        if _ID.fullmatch(upload_id):
             await storage.put_marker(index_key(upload_id))  # from before the index, or lost
     for key in keys:
         owner = _owner(key)
@@ -49,7 +49,7 @@ async def remove_leftovers(service: UploadService, grace: float) -> int:
             await storage.delete(key)
             removed += 1
     for key in await service.staging.list():
-        if _ID.match(key) and await _staged_copy_unneeded(service, key, grace):
+        if _ID.fullmatch(key) and await _staged_copy_unneeded(service, key, grace):
             await service.staging.delete(key)
             removed += 1
     if removed:
@@ -64,12 +64,12 @@ def _owner(key: str) -> str | None:
     elif key.startswith(derived.PREFIX):
         key = derived.owner_of(key)
     key = key.removeprefix(ACTIVE)
-    return key if _ID.match(key) else None
+    return key if _ID.fullmatch(key) else None
 
 
 def _began(key: str) -> float | None:
     """When the upload behind `key` began, from its id; None for other keys."""
-    return time.time() - age_seconds(key) if _ID.match(key) else None
+    return time.time() - age_seconds(key) if _ID.fullmatch(key) else None
 
 
 async def _staged_copy_unneeded(service: UploadService, upload_id: str, grace: float) -> bool:

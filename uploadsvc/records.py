@@ -124,7 +124,7 @@ class Records:
     async def active(self) -> list[str]:
         """Ids of uploads that were not final when last written (see the module docstring)."""
         keys = await self.storage.list(ACTIVE)
-        return [k[len(ACTIVE) :] for k in keys if _ID.match(k[len(ACTIVE) :])]
+        return [k[len(ACTIVE) :] for k in keys if _ID.fullmatch(k[len(ACTIVE) :])]
 
     async def forget_active(self, upload_id: str) -> None:
         """Remove a marker that outlived its reason (final or missing record)."""
@@ -157,7 +157,7 @@ class Records:
             listener(upload_id, before, after)
 
     async def _get(self, upload_id: str) -> tuple[StoredRecord, str]:
-        if not _ID.match(upload_id):
+        if not _ID.fullmatch(upload_id):
             raise NotFound(f"no upload {upload_id!r}")
         try:
             data, etag = await self.storage.get_small(record_key(upload_id))

@@ -173,9 +173,11 @@ class _Preamble:
             start = 0
         else:
             start = self.seen.find(b"\r\n" + self.delimiter)
+            # The limit holds however the body was cut into chunks: a delimiter
+            # found beyond it (a long preamble that arrived in one chunk) is late too.
+            if start > self.LIMIT or (start < 0 and len(self.seen) > self.LIMIT):
+                raise BadRequest("malformed multipart body: no boundary in the first 64 KiB")
             if start < 0:
-                if len(self.seen) > self.LIMIT:
-                    raise BadRequest("malformed multipart body: no boundary in the first 64 KiB")
                 return b""
             start += 2
         self.done = True

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
+from urllib.parse import quote
 
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from tests.unit.test_streaming import BOUNDARY, receive
 from uploadsvc.errors import BadRequest
 from uploadsvc.filenames import MAX_NAME_BYTES, safe_filename, safe_media_type
 
@@ -138,3 +140,97 @@ def test_any_name_is_safe_or_rejected(raw: str) -> None:
 )
 def test_safe_media_type(raw: str | None, expected: str) -> None:
     assert safe_media_type(raw) == expected
+
+
+# -- properties: sanitising never yields a path ------------------------------------------
+
+#: What path-shaped hostile names are made of: separators, dots, their lookalikes
+#: (U+2215, U+FF0F, U+29F8, U+2044), drive and UNC pieces, NUL, controls, bidi
+#: overrides, combining marks, whitespace and letters from several scripts.
+_HOSTILE = [
+    *"/\\.:~ \t\x00\x01\x1b\x7f\u0085\u2028\u202e\u200b\ufeff\u0301aZé漢",
+    "\u2215",
+    "\uff0f",
+    "\u29f8",
+    "\u2044",
+    "..",
+    "../",
+    "..\\",
+    "C:",
+    "\\\\",
+    "%2e",
+    "%2f",
+    "\U0001f600",
+]
+
+
+def assert_not_a_path(name: str) -> None:
+    assert name not in ("", ".", "..")
+    assert not {"/", "\\", "\x00"} & set(name), ascii(name)
+    assert not any(_is_control(ch) for ch in name), ascii(name)
+    assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
+
+
+@given(st.lists(st.sampled_from(_HOSTILE), max_size=200).map("".join))
+@example("....//....//etc/passwd")
+@example("..\u2215..\u2215etc\u2215passwd")
+@example("\\\\server\\share\\x")
+@example("C:\\Windows\\x")
+@example("\u202e" + "." * 2)
+@example(" " + ".." + "\u200b")
+def test_path_shaped_names_never_yield_a_path(raw: str) -> None:
+    try:
+        name = safe_filename(raw)
+    except BadRequest:
+        return
+    assert_not_a_path(name)
+    # The name is part of the last segment: nothing before a separator survives.
+    last = unicodedata.normalize("NFC", raw).replace("\\", "/").rsplit("/", 1)[-1]
+    assert name.encode()[:64].decode(errors="ignore") in "".join(
+        ch for ch in last if not _is_control(ch)
+    )
+
+
+@given(st.text(max_size=400))
+@example("\ud800../x")  # a lone surrogate (a str can hold one; UTF-8 cannot)
+@example("a" * 254 + " b")
+def test_any_text_at_all_never_yields_a_path(raw: str) -> None:
+    """Any code point: surrogates, private use, unassigned, and anything else."""
+    try:
+        name = safe_filename(raw)
+    except BadRequest:
+        return
+    assert_not_a_path(name)
+    name.encode("utf-8")  # no surrogate survives
+
+
+@given(st.text(max_size=300))
+@example("../../etc/passwd")
+@example("\x00")
+@example("\r\nContent-Type: text/html")
+def test_any_name_sent_as_filename_star_is_safe_or_a_bad_request(raw: str) -> None:
+    """Through the streaming parser: `filename*` percent-decodes to anything at all."""
+    header = (
+        f"Content-Disposition: form-data; name=\"file\"; filename*=UTF-8''{quote(raw, safe='')}"
+    )
+    body = f"--{BOUNDARY}\r\n{header}\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode()
+    try:
+        received = receive([body])
+    except BadRequest:
+        return
+    assert_not_a_path(received.filename)
+
+
+@given(st.binary(max_size=300).filter(lambda b: not set(b) & set(b'\r\n"\\')))
+@example(b"../../\xff\xfe/x")
+@example(b"\xc0\xaf\xc0\xae")  # overlong UTF-8 for "/" and "."
+@example(b"\xe2\x88\x95etc\xe2\x88\x95passwd")  # U+2215 as raw UTF-8
+def test_any_raw_bytes_in_filename_are_safe_or_a_bad_request(raw: bytes) -> None:
+    """Through the streaming parser: raw bytes in a quoted `filename=`, as browsers send."""
+    header = b'Content-Disposition: form-data; name="file"; filename="' + raw + b'"'
+    body = f"--{BOUNDARY}\r\n".encode() + header + f"\r\n\r\nx\r\n--{BOUNDARY}--\r\n".encode()
+    try:
+        received = receive([body])
+    except BadRequest:
+        return
+    assert_not_a_path(received.filename)

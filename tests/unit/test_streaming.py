@@ -428,6 +428,20 @@ def test_a_preamble_without_end_is_bad_request() -> None:
         receive(split(b"x" * (80 << 10) + file_form(b"late"), 8 << 10))
 
 
+@pytest.mark.parametrize("chunk_size", [8 << 10, 64 << 10, 1 << 20])
+def test_a_preamble_over_64_kib_is_bad_request_however_it_is_chunked(chunk_size: int) -> None:
+    """The delimiter found in the same chunk as an overlong preamble is still late."""
+    body = b"x" * (80 << 10) + b"\r\n" + file_form(b"late")
+    with pytest.raises(BadRequest, match="no boundary in the first 64 KiB"):
+        receive(split(body, chunk_size))
+
+
+def test_a_preamble_of_exactly_64_kib_is_skipped() -> None:
+    data = payload(100)
+    received = receive(split(b"x" * (64 << 10) + b"\r\n" + file_form(data), 1 << 20))
+    assert received.sha256 == hashlib.sha256(data).hexdigest()
+
+
 def _disposition_form(disposition: str, data: bytes = b"x") -> bytes:
     headers = f"Content-Disposition: {disposition}\r\n"
     return f"--{BOUNDARY}\r\n{headers}\r\n".encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
