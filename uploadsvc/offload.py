@@ -44,8 +44,9 @@ async def outlast_cancellation(future: asyncio.Future[T]) -> T:
         raise
 
 
-#: The longest a cancelled call on another loop may take to end before a
-#: settling caller goes on anyway (the store then holds a leftover the sweep removes).
+#: The longest a settling caller, once cancelled, lets its call run on before
+#: it cancels that too and goes on (the store may then hold a leftover the
+#: sweep removes).
 SETTLE_LIMIT = 10.0
 
 
@@ -56,18 +57,20 @@ async def on_loop(
 
     Cancelling the caller cancels the call there too, so deadlines hold (a
     hung store cannot hold a request). A call that changes state is
-    `settle`d: the cancelled caller also waits (up to `SETTLE_LIMIT`) for the
-    call to end, so the clean-up that follows never races a part upload or a
-    commit still on the wire.
+    `settle`d: a cancelled caller first lets it finish (a part upload or a
+    commit still on the wire would otherwise land after the clean-up that
+    follows, and stay), for up to `SETTLE_LIMIT`; only a call that outlasts
+    that is cancelled too.
     """
     call = _RemoteCall(coro)
     future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call.run(), loop))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        call.abandon(loop)
         if settle:
             await asyncio.wait([future], timeout=SETTLE_LIMIT)
+        if not future.done():
+            call.abandon(loop)
         future.add_done_callback(_retrieve)
         raise
 
