@@ -83,6 +83,10 @@ class QueueSettings(_Section):
 
 class LimitsSettings(_Section):
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
+    #: Uploads being received at once; beyond it 503 `busy` (0: no limit).
+    max_concurrent_uploads: int = Field(default=0, ge=0)
+    #: Local storage or staging with less free space than this: new uploads get 507.
+    min_free_bytes: int = Field(default=0, ge=0)
 
 
 class MetricsSettings(_Section):

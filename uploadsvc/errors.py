@@ -97,6 +97,23 @@ class StorageUnavailable(ServiceError):
     status, code = 503, "storage_unavailable"
 
 
+class Busy(ServiceError):
+    """`max_concurrent_uploads` are being received; the client should retry later."""
+
+    status, code = 503, "busy"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InsufficientStorage(ServiceError):
+    status, code = 507, "insufficient_storage"
+
+
 class PreconditionFailed(Exception):
     """A conditional write lost a race (the object changed or already exists).
 
@@ -113,8 +130,12 @@ class ErrorBody(BaseModel):
 
 
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
-    """OpenAPI `responses=` entries for the errors a route may return."""
-    return {e.status: {"model": ErrorBody, "description": f"`{e.code}`"} for e in errors}
+    """OpenAPI `responses=` entries for the errors a route may return (codes that share
+    a status are listed together)."""
+    codes: dict[int, list[str]] = {}
+    for e in errors:
+        codes.setdefault(e.status, []).append(f"`{e.code}`")
+    return {s: {"model": ErrorBody, "description": " or ".join(c)} for s, c in codes.items()}
 
 
 #: Errors raised outside our code (routing, validation), in the same shape.

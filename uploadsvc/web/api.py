@@ -17,7 +17,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from .. import metrics
 from ..errors import (
     BadRequest,
+    Busy,
     Conflict,
+    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     RangeNotSatisfiable,
@@ -38,7 +40,12 @@ router = APIRouter()
 HEALTH_TIMEOUT = 5.0
 
 _UPLOAD_ERRORS = error_responses(
-    BadRequest, PayloadTooLarge, UnsupportedMediaType, StorageUnavailable
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    StorageUnavailable,
+    Busy,
+    InsufficientStorage,
 )
 # The body is parsed by the service as a stream, so FastAPI cannot infer it.
 _MULTIPART_BODY: dict[str, Any] = {

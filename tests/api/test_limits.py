@@ -1,0 +1,92 @@
+"""What clients can take together: uploads beyond `max_concurrent_uploads` are busy,
+and a disk below `min_free_bytes` takes none.
+
+Each refused or dropped upload leaves nothing behind (see test_failures.py).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.api.test_failures import assert_nothing_left
+from tests.conftest import Backend, Live, make_settings
+from tests.rawhttp import MULTIPART_TYPE, multipart
+from uploadsvc.storage import Ability
+
+PATHS = ["/upload-blocking/", "/upload-nonblocking/"]
+
+
+def _limited(live_factory: Any, backend: Backend, tmp_path: Path, **limits: Any) -> Live:
+    live: Live = live_factory(make_settings(backend, tmp_path, max_upload_bytes=32 << 20, **limits))
+    return live
+
+
+def _open_upload(live: Live, path: str, body: bytes, send: int) -> socket.socket:
+    """An upload whose client sent the headers and `send` bytes of `body`, then paused."""
+    parts = urlsplit(live.url)
+    sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {parts.netloc}\r\nContent-Type: {MULTIPART_TYPE}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + body[:send])
+    return sock
+
+
+def _status_of(sock: socket.socket) -> tuple[int, bytes]:
+    received = b""
+    while data := sock.recv(65536):
+        received += data
+        head, sep, rest = received.partition(b"\r\n\r\n")
+        length = [
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        ]
+        if sep and length and len(rest) >= length[0]:
+            break
+    sock.close()
+    return int(received.split()[1]), received
+
+
+def test_uploads_beyond_max_concurrent_uploads_are_busy(
+    live_factory: Any, backend: Backend, tmp_path: Path
+) -> None:
+    live = _limited(live_factory, backend, tmp_path, max_concurrent_uploads=2)
+    body = multipart(os.urandom(1 << 20))
+    held = [_open_upload(live, path, body, len(body) // 2) for path in PATHS]
+    time.sleep(0.3)  # both are being received
+    for path in PATHS:
+        refused = live.http.post(path, files={"file": ("third", b"x")})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["code"] == "busy"
+        assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    for sock in held:
+        sock.sendall(body[len(body) // 2 :])
+    assert sorted(_status_of(sock)[0] for sock in held) == [201, 202]
+    # The slots are free again.
+    assert live.http.post("/upload-blocking/", files={"file": ("4th", b"x")}).status_code == 201
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_no_upload_when_a_local_disk_is_below_min_free_bytes(
+    live_factory: Any, backend: Backend, tmp_path: Path, path: str
+) -> None:
+    """Staging is a local folder here, so the background path is always checked; the
+    blocking path only where the storage itself is local files."""
+    live = _limited(live_factory, backend, tmp_path, min_free_bytes=1 << 62)
+    answer = live.http.post(path, files={"file": ("big", os.urandom(1 << 20))})
+    local = Ability.local_files in live.app.state.service.storage.abilities
+    if path == "/upload-blocking/" and not local:
+        assert answer.status_code == 201
+        return
+    assert answer.status_code == 507, answer.text
+    assert answer.json()["code"] == "insufficient_storage"
+    assert_nothing_left(live)
