@@ -97,6 +97,16 @@ class StorageUnavailable(ServiceError):
     status, code = 503, "storage_unavailable"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its body; the connection is closed after the answer,
+    since the rest of the body may still come (or never)."""
+
+    status, code = 408, "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
 class Busy(ServiceError):
     """`max_concurrent_uploads` are being received; the client should retry later."""
 

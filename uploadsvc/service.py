@@ -50,6 +50,7 @@ class UploadService:
         pipeline: Pipeline,
         max_upload_bytes: int,
         *,
+        body_timeout: float = 60.0,
         admission: Admission | None = None,
     ) -> None:
         self.storage = storage
@@ -57,6 +58,7 @@ class UploadService:
         self.records = Records(storage, on_final=pipeline.announce)
         self.pipeline = pipeline
         self.limit = max_upload_bytes
+        self.body_timeout = body_timeout
         self.admission = admission or Admission()
 
     async def receive_blocking(
@@ -159,7 +161,9 @@ class UploadService:
             self.admission.admit(upload_id, *places),
             target.create(upload_id) as writer,
         ):
-            received = await receive_file(body, content_type, self.limit, writer)
+            received = await receive_file(
+                body, content_type, self.limit, writer, idle_timeout=self.body_timeout
+            )
             await writer.commit()
         return received
 

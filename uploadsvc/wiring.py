@@ -40,6 +40,7 @@ def build_jobs(
         staging=meter(open_storage(settings.staging.url, settings.staging_options())),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
+        body_timeout=settings.limits.body_timeout_seconds,
         admission=Admission(settings.limits.max_concurrent_uploads, settings.limits.min_free_bytes),
     )
     return Jobs(service, settings.jobs, build_queue(settings, service.storage, service.staging))

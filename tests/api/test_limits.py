@@ -1,14 +1,17 @@
-"""What clients can take together: uploads beyond `max_concurrent_uploads` are busy,
-and a disk below `min_free_bytes` takes none.
+"""What clients can take: a stalled body is dropped at `body_timeout_seconds`,
+uploads beyond `max_concurrent_uploads` are busy, and a disk below
+`min_free_bytes` takes none.
 
 Each refused or dropped upload leaves nothing behind (see test_failures.py).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,10 +20,19 @@ import pytest
 
 from tests.api.test_failures import assert_nothing_left
 from tests.conftest import Backend, Live, make_settings
-from tests.rawhttp import MULTIPART_TYPE, multipart
+from tests.rawhttp import MULTIPART_TYPE, multipart, post
 from uploadsvc.storage import Ability
 
 PATHS = ["/upload-blocking/", "/upload-nonblocking/"]
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage() -> Iterator[None]:
+    """Collect each test's apps (cyclic garbage) before the next test's event loop runs:
+    sshfs's finalizer schedules the close of a collected SSHFileSystem on whatever
+    loop is running in the thread, and a unit test's `asyncio.run` then never ends."""
+    yield
+    gc.collect()
 
 
 def _limited(live_factory: Any, backend: Backend, tmp_path: Path, **limits: Any) -> Live:
@@ -54,6 +66,51 @@ def _status_of(sock: socket.socket) -> tuple[int, bytes]:
             break
     sock.close()
     return int(received.split()[1]), received
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_stalled_body_is_dropped_at_the_timeout(
+    live_factory: Any, backend: Backend, tmp_path: Path, path: str
+) -> None:
+    live = _limited(live_factory, backend, tmp_path, body_timeout_seconds=1.0)
+    body = multipart(os.urandom(3 << 20))
+    started = time.monotonic()
+    # The client sends half the body it announced, then nothing, and waits.
+    answer = post(
+        live.url + path,
+        [body[: len(body) // 2]],
+        {"Content-Type": MULTIPART_TYPE, "Content-Length": str(len(body))},
+    )
+    waited = time.monotonic() - started
+    assert answer.status == 408, answer
+    assert b'"code":"request_timeout"' in answer.body
+    assert 1.0 <= waited < 4.0  # the timeout, plus at most a tick of the watchdog
+    assert_nothing_left(live)
+    # The service goes on serving.
+    assert live.http.post(path, files={"file": ("ok", b"fine")}).status_code in (201, 202)
+
+
+def test_a_slow_body_that_keeps_sending_is_not_dropped(
+    live_factory: Any, backend: Backend, tmp_path: Path
+) -> None:
+    """Pauses shorter than the timeout, adding up to several times it: no 408."""
+    live = _limited(live_factory, backend, tmp_path, body_timeout_seconds=1.0)
+    payload = os.urandom(3 << 20)
+    body = multipart(payload)
+    pieces = [body[i : i + (512 << 10)] for i in range(0, len(body), 512 << 10)]
+
+    def slowly() -> Any:
+        for piece in pieces:
+            yield piece
+            time.sleep(0.4)
+
+    answer = post(
+        live.url + "/upload-blocking/",
+        slowly(),
+        {"Content-Type": MULTIPART_TYPE, "Content-Length": str(len(body))},
+    )
+    assert answer.status == 201, answer
+    assert b'"size":%d' % len(payload) in answer.body
 
 
 def test_uploads_beyond_max_concurrent_uploads_are_busy(

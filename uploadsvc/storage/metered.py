@@ -90,3 +90,6 @@ class _Writer(ObjectWriter):
 
     async def abort(self) -> None:
         await self._abort()
+
+    async def idle(self) -> None:
+        await self._inner.idle()

@@ -23,6 +23,7 @@ from ..errors import (
     NotFound,
     PayloadTooLarge,
     RangeNotSatisfiable,
+    RequestTimeout,
     StorageUnavailable,
     UnsupportedMediaType,
     UploadRejected,
@@ -44,6 +45,7 @@ _UPLOAD_ERRORS = error_responses(
     PayloadTooLarge,
     UnsupportedMediaType,
     StorageUnavailable,
+    RequestTimeout,
     Busy,
     InsufficientStorage,
 )

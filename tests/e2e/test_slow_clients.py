@@ -1,0 +1,145 @@
+"""Slow clients against `uploadsvc serve` as a real process (local folder).
+
+What one client can hold is bounded: a stalled upload pins little memory and
+is dropped at `body_timeout_seconds`. Counts and times are small on purpose:
+each test takes seconds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.conftest import Instance, write_toml
+from tests.rawhttp import MULTIPART_TYPE, multipart
+
+#: What the issue asks a stalled upload to cost at most (it was ~1.05 MiB).
+STALLED_UPLOAD_BUDGET = 512 << 10
+
+
+@pytest.fixture
+def serve(tmp_path: Path, instances: list[Instance]) -> Iterator[Any]:
+    def start(**limits: Any) -> Instance:
+        config = write_toml(
+            tmp_path / "service.toml",
+            {
+                "storage": {"url": f"file://{tmp_path / 'store'}"},
+                "staging": {"url": f"file://{tmp_path / 'staging'}"},
+                "limits": limits,
+            },
+        )
+        env = {k: v for k, v in os.environ.items() if k != "UPLOADSVC_CONFIG"}
+        instance = Instance(config, env, tmp_path / f"service{len(instances)}.log")
+        instances.append(instance)
+        instance.wait_healthy()
+        return instance
+
+    yield start
+
+
+def _leftovers(tmp_path: Path) -> list[str]:
+    return [p.name for folder in ("store", "staging") for p in (tmp_path / folder).glob("*")]
+
+
+def _rss(instance: Instance) -> int:
+    for line in Path(f"/proc/{instance.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no VmRSS")
+
+
+def _connect(instance: Instance) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", instance.port), timeout=30)
+
+
+def _stalled_upload(
+    instance: Instance, data: int, path: str = "/upload-blocking/"
+) -> socket.socket:
+    """Headers announcing 2 MiB more than sent, the file's part head and `data` bytes."""
+    head, _, _ = multipart(b"\0").partition(b"\0")
+    sock = _connect(instance)
+    sock.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART_TYPE}\r\n"
+        f"Content-Length: {len(head) + data + (2 << 20)}\r\n\r\n".encode()
+        + head
+        + os.urandom(data)
+    )
+    return sock
+
+
+def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the answer on `sock` (read to its Content-Length)."""
+    received = b""
+    try:
+        while data := sock.recv(65536):
+            received += data
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = re.search(rb"(?im)^content-length: *(\d+)", head)
+            if length and len(body) >= int(length.group(1)):
+                break
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    head, _, body = received.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_stalled_uploads_pin_little_memory(tmp_path: Path, serve: Any) -> None:
+    """150 uploads each send 1020 KiB of file data and stall: before, each kept ~1.05 MiB
+    (a block waiting for the rest); now each hands it to storage after a second."""
+    instance = serve()
+    warm = httpx.post(
+        f"{instance.url}/upload-blocking/", files={"file": ("w", os.urandom(3 << 20))}
+    )
+    assert warm.status_code == 201
+    time.sleep(0.5)
+    before = _rss(instance)
+    count = 150
+    stalled = [_stalled_upload(instance, 1020 << 10) for _ in range(count)]
+    try:
+        # A healthy upload goes through meanwhile.
+        payload = os.urandom(4 << 20)
+        answer = httpx.post(
+            f"{instance.url}/upload-blocking/", files={"file": ("ok", payload)}, timeout=30
+        )
+        assert answer.status_code == 201
+        assert answer.json()["sha256"] == hashlib.sha256(payload).hexdigest()
+        deadline = time.monotonic() + 10
+        while (per_upload := (_rss(instance) - before) / count) > STALLED_UPLOAD_BUDGET:
+            assert time.monotonic() < deadline, f"{per_upload / 1024:.0f} KiB per stalled upload"
+            time.sleep(0.2)
+    finally:
+        for sock in stalled:
+            sock.close()
+    # The clients left: their uploads abort and leave no part file.
+    deadline = time.monotonic() + 10
+    while [name for name in _leftovers(tmp_path) if name.endswith(".part")]:
+        assert time.monotonic() < deadline, _leftovers(tmp_path)
+        time.sleep(0.1)
+    assert len(httpx.get(f"{instance.url}/uploads").json()["items"]) == 2
+
+
+@pytest.mark.parametrize("path", ["/upload-blocking/", "/upload-nonblocking/"])
+def test_a_stalled_upload_is_dropped_at_the_body_timeout(
+    tmp_path: Path, serve: Any, path: str
+) -> None:
+    instance = serve(body_timeout_seconds=2)
+    sock = _stalled_upload(instance, 1 << 20, path)
+    started = time.monotonic()
+    status, body = _answer(sock)
+    waited = time.monotonic() - started
+    assert (status, body["code"]) == (408, "request_timeout")
+    assert 2 <= waited < 4.5, waited  # the timeout, plus at most a tick
+    assert _leftovers(tmp_path) == []
+    assert httpx.get(f"{instance.url}/uploads").json()["items"] == []
