@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": args.host or server.host,
         "port": server.port if args.port is None else args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "uploadsvc.server:HttpProtocol",  # httptools, with header limits
         "log_level": "info",
         "timeout_graceful_shutdown": SHUTDOWN_GRACE_SECONDS,
     }

@@ -107,6 +107,10 @@ class RequestTimeout(ServiceError):
         return {"Connection": "close"}
 
 
+class HeadersTooLarge(ServiceError):
+    status, code = 431, "headers_too_large"
+
+
 class Busy(ServiceError):
     """`max_concurrent_uploads` are being received; the client should retry later."""
 

@@ -1,9 +1,10 @@
 """Slow and hostile clients against `uploadsvc serve` as a real process (local folder).
 
 What one client can hold is bounded: a stalled upload pins little memory and
-is dropped at `body_timeout_seconds`; a body of countless parts is refused
-before it holds the event loop. Counts and times are small on purpose: each
-test takes seconds.
+is dropped at `body_timeout_seconds`; request headers are capped in size,
+number and time; a body of countless parts is refused before it holds the
+event loop; SIGTERM does not wait for stalled clients. Counts and times are
+small on purpose: each test takes seconds.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import socket
 import statistics
 import threading
@@ -25,6 +27,7 @@ import pytest
 
 from tests.e2e.conftest import Instance, write_toml
 from tests.rawhttp import BOUNDARY, MULTIPART_TYPE, multipart
+from uploadsvc.server import MAX_HEADER_BYTES, MAX_HEADERS
 
 #: What the issue asks a stalled upload to cost at most (it was ~1.05 MiB).
 STALLED_UPLOAD_BUDGET = 512 << 10
@@ -148,6 +151,21 @@ def test_a_stalled_upload_is_dropped_at_the_body_timeout(
     assert httpx.get(f"{instance.url}/uploads").json()["items"] == []
 
 
+def test_sigterm_does_not_wait_for_a_stalled_upload(tmp_path: Path, serve: Any) -> None:
+    instance = serve()
+    sock = _stalled_upload(instance, 512 << 10)
+    time.sleep(1.5)  # stalled for over a second
+    terminated = time.monotonic()
+    instance.proc.send_signal(signal.SIGTERM)
+    assert instance.proc.wait(30) in (0, -signal.SIGTERM)
+    took = time.monotonic() - terminated
+    sock.close()
+    assert took < 10, f"{took:.1f} s: waited for the stalled client (grace is 25 s)"
+    assert not [name for name in _leftovers(tmp_path) if name.endswith(".part")]
+    log = instance.log.read_text()
+    assert "its request body stalled" in log and "timeout graceful shutdown exceeded" not in log
+
+
 def _raw(instance: Instance, request: bytes) -> tuple[int, dict[str, Any]]:
     """Send `request` while reading, as a client that stops when answered."""
     sock = _connect(instance)
@@ -165,6 +183,53 @@ def _raw(instance: Instance, request: bytes) -> tuple[int, dict[str, Any]]:
         return _answer(sock)
     finally:
         sender.join(30)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        pytest.param(b"X-Big: " + b"a" * (8 << 20) + b"\r\n", id="8 MiB header"),
+        pytest.param(b"".join(b"X-H%d: v\r\n" % i for i in range(100_000)), id="100,000 headers"),
+        pytest.param(b"X-Big: " + b"a" * (MAX_HEADER_BYTES + 1) + b"\r\n", id="just over"),
+        pytest.param(b"".join(b"X-H%d: v\r\n" % i for i in range(MAX_HEADERS)), id="101 fields"),
+    ],
+)
+def test_request_headers_beyond_the_limits_get_431(serve: Any, headers: bytes) -> None:
+    instance = serve()
+    status, body = _raw(
+        instance, b"POST /upload-blocking/ HTTP/1.1\r\nHost: t\r\n" + headers + b"\r\n"
+    )
+    assert (status, body["code"]) == (431, "headers_too_large")
+    assert set(body) == {"detail", "code"}
+
+
+def test_large_but_reasonable_headers_are_served(serve: Any) -> None:
+    instance = serve()
+    headers = {f"X-Field-{i}": "v" * 100 for i in range(60)}
+    headers["Cookie"] = "c=" + "x" * (16 << 10)
+    answer = httpx.post(
+        f"{instance.url}/upload-blocking/", files={"file": ("a", b"abc")}, headers=headers
+    )
+    assert answer.status_code == 201
+
+
+def test_headers_that_never_end_are_dropped(serve: Any) -> None:
+    instance = serve(body_timeout_seconds=1)
+    started = time.monotonic()
+    idle = _connect(instance)  # says nothing at all
+    slow = _connect(instance)
+    slow.sendall(b"POST /upload-blocking/ HTTP/1.1\r\nHost: t\r\nX-Slow: a")
+    for sock in (idle, slow):
+        status, body = _answer(sock)
+        assert (status, body["code"]) == (408, "request_timeout")
+    assert time.monotonic() - started < 3
+
+
+def test_a_malformed_request_gets_the_json_error_shape(serve: Any) -> None:
+    instance = serve()
+    status, body = _raw(instance, b"NOT HTTP AT ALL\r\n\r\n")
+    assert (status, body["code"]) == (400, "bad_request")
+    assert set(body) == {"detail", "code"}
 
 
 def _cpu_seconds(instance: Instance) -> float:
