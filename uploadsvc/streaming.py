@@ -265,6 +265,7 @@ async def receive_file(
                     block = collector.take()
                     await hashing.submit(digest.update, block)
                     await writer.write(block)
+                    del block  # not held while the loop waits: a stalled upload would pin it
                 watch.reading = True
         await handover.wait()
         parser.finalize()
