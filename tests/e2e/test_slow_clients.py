@@ -101,9 +101,11 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body)
 
 
-def test_stalled_uploads_pin_little_memory(tmp_path: Path, serve: Any) -> None:
-    """150 uploads each send 1020 KiB of file data and stall: before, each kept ~1.05 MiB
-    (a block waiting for the rest); now each hands it to storage after a second."""
+@pytest.mark.parametrize("sent", [1020 << 10, 2560 << 10], ids=["1020KiB", "2560KiB"])
+def test_stalled_uploads_pin_little_memory(tmp_path: Path, serve: Any, sent: int) -> None:
+    """120 uploads each send file data and stall: before, each kept ~1.05 MiB (a block
+    waiting for the rest, or the last block handed on); now each hands what it holds
+    to storage after a second."""
     instance = serve()
     warm = httpx.post(
         f"{instance.url}/upload-blocking/", files={"file": ("w", os.urandom(3 << 20))}
@@ -111,8 +113,8 @@ def test_stalled_uploads_pin_little_memory(tmp_path: Path, serve: Any) -> None:
     assert warm.status_code == 201
     time.sleep(0.5)
     before = _rss(instance)
-    count = 150
-    stalled = [_stalled_upload(instance, 1020 << 10) for _ in range(count)]
+    count = 120
+    stalled = [_stalled_upload(instance, sent) for _ in range(count)]
     try:
         # A healthy upload goes through meanwhile.
         payload = os.urandom(4 << 20)
