@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": args.host or server.host,
         "port": server.port if args.port is None else args.port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": "uploadsvc.server:HttpProtocol",  # httptools, with header limits
         "log_level": app.state.settings.logging.level,
         # Logging is ours already (logs.setup, as the app was built): uvicorn keeps
         # it, and its access log gives way to the request line (web/requestlog.py).

@@ -146,6 +146,12 @@ class QueueSettings(_Section):
 
 class LimitsSettings(_Section):
     max_upload_bytes: int = Field(default=1 << 30, ge=1)
+    #: Uploads being received at once; beyond it 503 `busy` (0: no limit).
+    max_concurrent_uploads: int = Field(default=0, ge=0)
+    #: A body (or a request's headers) that sends nothing for this long is dropped: 408.
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
+    #: Local storage or staging with less free space than this: new uploads get 507.
+    min_free_bytes: int = Field(default=0, ge=0)
 
 
 class MetricsSettings(_Section):

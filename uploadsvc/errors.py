@@ -112,6 +112,37 @@ class StorageUnavailable(ServiceError):
     status, code = 503, "storage_unavailable"
 
 
+class RequestTimeout(ServiceError):
+    """The client stopped sending its body; the connection is closed after the answer,
+    since the rest of the body may still come (or never)."""
+
+    status, code = 408, "request_timeout"
+
+    def headers(self) -> dict[str, str]:
+        return {"Connection": "close"}
+
+
+class HeadersTooLarge(ServiceError):
+    status, code = 431, "headers_too_large"
+
+
+class Busy(ServiceError):
+    """`max_concurrent_uploads` are being received; the client should retry later."""
+
+    status, code = 503, "busy"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+class InsufficientStorage(ServiceError):
+    status, code = 507, "insufficient_storage"
+
+
 class PreconditionFailed(Exception):
     """A conditional write lost a race (the object changed or already exists).
 
@@ -143,18 +174,22 @@ _EXAMPLE_DETAILS = {
 
 def error_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, object]]:
     """OpenAPI `responses=` entries for the errors a route may return, each with an
-    example, and `default`: any other error (a 500) has the same shape.
+    example (the first error of a status; the description names every code that
+    shares it), and `default`: any other error (a 500) has the same shape.
 
     Listing `default` also keeps FastAPI from adding its own 422 "Validation
     Error": a request that does not validate is a 400 `bad_request` here.
     """
+    by_status: dict[int, list[type[ServiceError]]] = {}
+    for e in errors:
+        by_status.setdefault(e.status, []).append(e)
     entries: dict[int | str, dict[str, object]] = {
-        e.status: {
+        status: {
             "model": ErrorBody,
-            "description": f"`{e.code}`",
-            "content": {"application/json": {"example": _error_example(e)}},
+            "description": " or ".join(f"`{e.code}`" for e in same),
+            "content": {"application/json": {"example": _error_example(same[0])}},
         }
-        for e in errors
+        for status, same in by_status.items()
     }
     entries["default"] = {
         "model": ErrorBody,

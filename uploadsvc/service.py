@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from . import derived
+from .admission import Admission
 from .errors import NotFound, ServiceError
 from .logs import upload_changed
 from .models import Job, Status, StoredRecord, new_id, now
@@ -50,12 +51,17 @@ class UploadService:
         staging: Storage,
         pipeline: Pipeline,
         max_upload_bytes: int,
+        *,
+        body_timeout: float = 60.0,
+        admission: Admission | None = None,
     ) -> None:
         self.storage = storage
         self.staging = staging
         self.records = Records(storage, listeners=(upload_changed, self._announce_final))
         self.pipeline = pipeline
         self.limit = max_upload_bytes
+        self.body_timeout = body_timeout
+        self.admission = admission or Admission()
 
     async def receive_blocking(
         self,
@@ -80,7 +86,9 @@ class UploadService:
     ) -> StoredRecord:
         """Stage durably and record as `queued`; a job does the rest."""
         upload_id, started = new_id(), now()
-        received = await self._receive(self.staging, upload_id, body, content_type, content_length)
+        received = await self._receive(
+            self.staging, upload_id, body, content_type, content_length, also=self.storage
+        )
         return await self._record(self.staging, upload_id, received, Status.queued, started)
 
     def _announce_final(
@@ -152,10 +160,19 @@ class UploadService:
         body: AsyncIterator[bytes],
         content_type: str | None,
         content_length: int | None,
+        also: Storage | None = None,
     ) -> Received:
+        """Receive into `target` once admitted: a free slot, and room on `target` and on
+        `also` (where staged bytes end up)."""
         check_body_length(content_length, self.limit)
-        async with target.create(upload_id) as writer:
-            received = await receive_file(body, content_type, self.limit, writer)
+        places = (target,) if also is None else (target, also)
+        async with (
+            self.admission.admit(upload_id, *places),
+            target.create(upload_id) as writer,
+        ):
+            received = await receive_file(
+                body, content_type, self.limit, writer, idle_timeout=self.body_timeout
+            )
             await writer.commit()
         return received
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from .admission import Admission
 from .config import ConfigError, Settings
 from .errors import StorageUnavailable
 from .jobs import Jobs
@@ -42,6 +43,8 @@ def build_jobs(
         staging=guard(open_storage(settings.staging.url, settings.staging_options()), timeout),
         pipeline=pipeline if pipeline is not None else load_pipeline(settings),
         max_upload_bytes=settings.limits.max_upload_bytes,
+        body_timeout=settings.limits.body_timeout_seconds,
+        admission=Admission(settings.limits.max_concurrent_uploads, settings.limits.min_free_bytes),
     )
     return Jobs(service, settings.jobs, build_queue(settings, service.storage, service.staging))
 

@@ -39,8 +39,8 @@ EXACT = {"status", "code"}
 #: The error statuses each operation can return, beside its successes; every
 #: operation also has `default` (any other error, same shape).
 ERRORS = {
-    ("/upload-blocking/", "post"): {"400", "404", "413", "415", "422", "503"},
-    ("/upload-nonblocking/", "post"): {"400", "413", "415", "503"},
+    ("/upload-blocking/", "post"): {"400", "404", "408", "413", "415", "422", "503", "507"},
+    ("/upload-nonblocking/", "post"): {"400", "408", "413", "415", "503", "507"},
     ("/uploads", "get"): {"400", "503"},
     ("/uploads/{upload_id}", "get"): {"404", "503"},
     ("/uploads/{upload_id}", "delete"): {"404", "503"},
@@ -64,9 +64,11 @@ ERROR_CODES = {
     "409": "conflict",
     "413": "payload_too_large",
     "415": "unsupported_media_type",
+    "408": "request_timeout",
     "416": "range_not_satisfiable",
     "422": "rejected",
     "503": "storage_unavailable",
+    "507": "insufficient_storage",
 }
 
 Key = tuple[str, str, str]  # path template, method, status
@@ -195,6 +197,24 @@ def _processing_id(live: Live, filename: str) -> str | None:
     return None
 
 
+def answers_at_the_limits(live: Live, monkeypatch: pytest.MonkeyPatch) -> dict[Key, httpx.Response]:
+    """408 from a body that stalls, 507 when the disk is fuller than min_free_bytes."""
+    service = live.app.state.service
+    got: dict[Key, httpx.Response] = {}
+    monkeypatch.setattr(service, "body_timeout", 0.5)
+    monkeypatch.setattr(service.admission, "min_free_bytes", 1 << 62)
+    for path in ("/upload-blocking/", "/upload-nonblocking/"):
+        got[path, "post", "507"] = upload(live, path, "full.txt")
+    monkeypatch.setattr(service.admission, "min_free_bytes", 0)
+    for path in ("/upload-blocking/", "/upload-nonblocking/"):
+        stalled = post(  # half of what it announces, then silence
+            live.url + path, [b"--x\r\n"], {"Content-Type": MULTIPART_TYPE, "Content-Length": "999"}
+        )
+        got[path, "post", "408"] = httpx.Response(stalled.status or 0, content=stalled.body)
+    monkeypatch.undo()
+    return got
+
+
 def answers_while_the_storage_is_down(
     live: Live, monkeypatch: pytest.MonkeyPatch
 ) -> dict[Key, httpx.Response]:
@@ -237,6 +257,7 @@ def test_every_example_matches_a_real_answer_of_its_route(
     live, release = scripted
     examples = documented_examples(live.http.get("/openapi.json").json())
     answers = answers_of_every_route(live, release)
+    answers |= answers_at_the_limits(live, monkeypatch)
     answers |= answers_while_the_storage_is_down(live, monkeypatch)
     assert set(examples) == set(answers), "an example without a real answer, or the reverse"
     for key, example in examples.items():

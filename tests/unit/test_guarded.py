@@ -67,6 +67,9 @@ def test_failed_reads_and_commits_count(monkeypatch: pytest.MonkeyPatch) -> None
         async def abort(self) -> None:
             await self.inner.abort()
 
+        async def idle(self) -> None:
+            await self.inner.idle()
+
     monkeypatch.setattr(storage, "read", broken_read)
     monkeypatch.setattr(storage, "create", BrokenCommit)
     guard(storage, 5.0)

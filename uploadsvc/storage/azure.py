@@ -76,10 +76,12 @@ from azure.storage.blob.aio import BlobClient, ContainerClient
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
+from .spill import Spill
 
 #: Bytes per staged block. Memory per upload is about BLOCK_BYTES *
 #: (BLOCKS_IN_FLIGHT + 2): the blocks in flight, one filling and one being
-#: copied into its body (the copy, like every SDK call, on the loop thread).
+#: copied into its body (the copy, like every SDK call, on the loop thread);
+#: the filling one waits on disk while the client stalls (spill.py).
 #: Azure allows 50,000 blocks per blob: objects up to ~390 GiB. Blocks over
 #: 4 MiB also get Azure's high-throughput path on standard accounts.
 BLOCK_BYTES = 8 << 20
@@ -287,6 +289,7 @@ class _AzureWriter(ObjectWriter):
         self._azure = storage
         self._key = key
         self._blocks: list[bytes] = []
+        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
         self._buffered = 0
         self._size = 0
         self._block_ids: list[str] = []
@@ -296,16 +299,25 @@ class _AzureWriter(ObjectWriter):
 
     async def write(self, block: bytes) -> None:
         self._check_open()
-        self._blocks.append(block)
+        if self._spill:
+            await self._spill.add([block])
+        else:
+            self._blocks.append(block)
         self._buffered += len(block)
         self._size += len(block)
         if self._buffered >= BLOCK_BYTES:
             await self._stage_block()
 
+    async def idle(self) -> None:
+        if self._blocks and not self._done:
+            blocks, self._blocks = self._blocks, []
+            await self._spill.add(blocks)
+
     async def commit(self) -> ObjectInfo:
         self._check_open()
         self._committing = True
         options = self._azure.call_options
+        await self._unspill()
         if not self._block_ids and self._buffered <= SINGLE_PUT_BYTES:
             body = b"".join(self._blocks)
             self._blocks.clear()
@@ -333,6 +345,7 @@ class _AzureWriter(ObjectWriter):
             return
         self._done = True
         self._blocks.clear()
+        self._spill.discard()
         for future in self._in_flight:
             future.cancel()  # each waits for its request to end (settled)
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -352,7 +365,12 @@ class _AzureWriter(ObjectWriter):
         if self._done:
             raise RuntimeError(f"writer for {self._key} already committed or aborted")
 
+    async def _unspill(self) -> None:
+        if self._spill:
+            self._blocks.insert(0, await self._spill.take())
+
     async def _stage_block(self) -> None:
+        await self._unspill()
         if len(self._in_flight) >= BLOCKS_IN_FLIGHT:
             await self._in_flight.popleft()
         # Block ids are base64 of a fixed-width number: Azure wants them all

@@ -270,6 +270,10 @@ class _FileWriter(ObjectWriter):
         await self._lane.cancel()
         await asyncio.to_thread(self._abort_sync)
 
+    async def idle(self) -> None:
+        # The write in flight holds its block until it ends.
+        await self._lane.drain()
+
     def _open(self) -> IO[bytes]:
         if self._file is None:
             self._file = self._storage.fs.open(self._part, "wb")

@@ -62,10 +62,12 @@ from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavaila
 from ..offload import on_loop
 from .gcsapi import JSONAPI, HTTPError, Piece, read_block
 from .interface import Ability, ObjectInfo, ObjectWriter, Storage, checked_key
+from .spill import Spill
 
 #: Bytes per request of a resumable session (the `block_size` option, as for
 #: gcsfs's own files); GCS wants a multiple of 256 KiB. A writer holds about
-#: two chunks: one uploading, the next filling. Fewer, larger chunks cost
+#: two chunks: one uploading, the next filling (on disk while the client
+#: stalls: spill.py). Fewer, larger chunks cost
 #: fewer round trips (and far less time on fake-gcs-server, which re-hashes
 #: the whole upload at every chunk); memory sets the ceiling: with 24 MiB a
 #: server's peak RSS stayed near 155 MiB through a 256 MiB upload here, about
@@ -269,6 +271,7 @@ class _GCSWriter(ObjectWriter):
         self._api = storage.api
         self._name = name
         self._pieces: deque[Piece] = deque()
+        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
         self._buffered = 0
         self._size = 0
         self._sent = 0  # bytes handed to the session: the next chunk's offset
@@ -281,7 +284,10 @@ class _GCSWriter(ObjectWriter):
         self._refuse_when_done()
         if not block:
             return
-        self._pieces.append(block)
+        if self._spill:
+            await self._spill.add([block])
+        else:
+            self._pieces.append(block)
         self._buffered += len(block)
         self._size += len(block)
         # Strictly more than a chunk: the last one then goes with the request
@@ -289,8 +295,14 @@ class _GCSWriter(ObjectWriter):
         while self._buffered > self._gcs.chunk_size:
             await self._send_chunk()
 
+    async def idle(self) -> None:
+        if self._pieces and not self._done:
+            pieces, self._pieces = list(self._pieces), deque()
+            await self._spill.add(pieces)
+
     async def commit(self) -> ObjectInfo:
         self._refuse_when_done()
+        await self._unspill()
         rest = self._take(self._buffered)
         if self._in_flight is None:
             self._may_have_published = True
@@ -321,6 +333,7 @@ class _GCSWriter(ObjectWriter):
             return
         self._done = True
         self._pieces.clear()
+        self._spill.discard()
         if self._in_flight is not None:
             # A chunk publishes nothing, so it is interrupted, not waited for
             # (a session's start is settled: see `_upload_chunk`).
@@ -364,7 +377,12 @@ class _GCSWriter(ObjectWriter):
         self._buffered -= size
         return taken
 
+    async def _unspill(self) -> None:
+        if self._spill:
+            self._pieces.appendleft(await self._spill.take())
+
     async def _send_chunk(self) -> None:
+        await self._unspill()
         chunk = self._take(self._gcs.chunk_size)
         if self._in_flight is not None:
             await self._in_flight  # a session takes its chunks one at a time, in order

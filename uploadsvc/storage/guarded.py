@@ -117,6 +117,7 @@ class _Writer(ObjectWriter):
         self._write = calls.wrap(inner.write, "write", calls.timeout)
         self._commit = calls.wrap(inner.commit, "commit", calls.timeout)
         self._abort = calls.wrap(inner.abort, "abort", calls.timeout)
+        self._idle = calls.wrap(inner.idle, "idle", calls.timeout)
 
     async def write(self, block: bytes) -> None:
         await self._write(block)
@@ -126,3 +127,6 @@ class _Writer(ObjectWriter):
 
     async def abort(self) -> None:
         await self._abort()
+
+    async def idle(self) -> None:
+        await self._idle()

@@ -97,6 +97,12 @@ class ObjectWriter(ABC):
     @abstractmethod
     async def abort(self) -> None: ...
 
+    async def idle(self) -> None:
+        """The client stopped sending for now: keep nothing buffered in memory that can
+        wait elsewhere (a stalled upload must pin little memory). Writes may follow.
+        The default does nothing: for writers that hold no block between writes."""
+        return None
+
     async def __aenter__(self) -> ObjectWriter:
         return self
 

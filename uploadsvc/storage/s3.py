@@ -37,11 +37,12 @@ from s3fs import S3FileSystem
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
+from .spill import Spill
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
 #: part size * (PARTS_IN_FLIGHT + 2): the parts in flight, one filling and one
-#: being copied into its body. The part size starts at PART_SIZE and grows
-#: (see `part_size`).
+#: being copied into its body; the filling one waits on disk while the client
+#: stalls (spill.py). The part size starts at PART_SIZE and grows (see `part_size`).
 PART_SIZE = 8 << 20
 PARTS_IN_FLIGHT = 2
 
@@ -233,6 +234,7 @@ class _S3Writer(ObjectWriter):
         self._s3 = storage
         self._key = object_key
         self._blocks: list[bytes] = []
+        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
         self._buffered = 0
         self._size = 0
         self._upload_id: str | None = None
@@ -243,16 +245,25 @@ class _S3Writer(ObjectWriter):
         self._done = False
 
     async def write(self, block: bytes) -> None:
-        self._blocks.append(block)
+        if self._spill:
+            await self._spill.add([block])
+        else:
+            self._blocks.append(block)
         self._buffered += len(block)
         self._size += len(block)
         if self._buffered >= part_size(len(self._parts) + 1):
             await self._send_part()
 
+    async def idle(self) -> None:
+        if self._blocks and not self._done:
+            blocks, self._blocks = self._blocks, []
+            await self._spill.add(blocks)
+
     async def commit(self) -> ObjectInfo:
         self._committing = True
         if self._upload_id is None:
-            await self._s3.call("put_object", Key=self._key, Body=self._take_buffer(), settle=True)
+            body = await self._take_buffer()
+            await self._s3.call("put_object", Key=self._key, Body=body, settle=True)
         else:
             if self._buffered:
                 await self._send_part()
@@ -273,6 +284,7 @@ class _S3Writer(ObjectWriter):
             return
         self._done = True
         self._blocks.clear()
+        self._spill.discard()
         for future in self._in_flight:
             future.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -303,13 +315,15 @@ class _S3Writer(ObjectWriter):
             # the key is this upload's own, so removing it is always safe.
             await self._s3.call("delete_object", Key=self._key)
 
-    def _take_buffer(self) -> io.BytesIO:
+    async def _take_buffer(self) -> io.BytesIO:
         """The buffered blocks as one body, copied once into a buffer of its own.
 
         Not `bytes`: botocore would wrap them in a BytesIO that shares their
         memory, and aiohttp's `getbuffer()` on it would copy the part again,
         holding every part in flight twice.
         """
+        if self._spill:
+            self._blocks.insert(0, await self._spill.take())
         body = io.BytesIO()
         for block in self._blocks:
             body.write(block)
@@ -328,7 +342,8 @@ class _S3Writer(ObjectWriter):
         number = len(self._parts) + 1
         part: dict[str, Any] = {"PartNumber": number}
         self._parts.append(part)
-        self._in_flight.append(asyncio.ensure_future(self._upload_part(part, self._take_buffer())))
+        body = await self._take_buffer()
+        self._in_flight.append(asyncio.ensure_future(self._upload_part(part, body)))
 
     async def _upload_part(self, part: dict[str, Any], body: io.BytesIO) -> None:
         response = await self._s3.call(

@@ -17,10 +17,13 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from .. import metrics
 from ..errors import (
     BadRequest,
+    Busy,
     Conflict,
+    InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     RangeNotSatisfiable,
+    RequestTimeout,
     StorageUnavailable,
     UnsupportedMediaType,
     UploadRejected,
@@ -40,6 +43,16 @@ router = APIRouter()
 HEALTH_TIMEOUT = 5.0
 
 _HTML_TWIN = "A browser's form post (`Accept` preferring `text/html`) gets a page instead of JSON."
+#: Every upload route may answer these, besides its own.
+_UPLOAD_ERRORS = (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    StorageUnavailable,
+    RequestTimeout,
+    Busy,
+    InsufficientStorage,
+)
 # The body is parsed by the service as a stream, so FastAPI cannot infer it.
 _MULTIPART_BODY: dict[str, Any] = {
     "requestBody": {
@@ -98,14 +111,7 @@ def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> R
             "(or `failed` if a processor failed; a rejection is a 422)",
         ),
         # NotFound: the upload was deleted while it was processed.
-        **error_responses(
-            BadRequest,
-            NotFound,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            UploadRejected,
-            StorageUnavailable,
-        ),
+        **error_responses(*_UPLOAD_ERRORS, NotFound, UploadRejected),
     },
     openapi_extra=_MULTIPART_BODY,
     summary="Upload a file; answer once it is stored and processed",
@@ -135,7 +141,7 @@ async def upload_blocking(request: Request) -> Response:
     response_model=Accepted,
     responses={
         **examples.json_example(202, examples.ACCEPTED, "Received: the upload is `queued`"),
-        **error_responses(BadRequest, PayloadTooLarge, UnsupportedMediaType, StorageUnavailable),
+        **error_responses(*_UPLOAD_ERRORS),
     },
     openapi_extra=_MULTIPART_BODY,
     summary="Upload a file; answer once the bytes are durably received",
