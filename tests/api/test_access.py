@@ -39,7 +39,8 @@ TOKENS = [
 ALLOWED = "https://app.example.org"
 EVIL = "https://evil.example"
 #: Routes open without a token, by design (see web/access.py).
-OPEN = {"/healthz", "/signin", "/signout"}
+#: The pages' own stylesheet and script are open too: the sign-in page needs them.
+OPEN = {"/healthz", "/signin", "/signout", "/static"}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -130,8 +131,9 @@ def every_route(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple
         if included is not None:
             inner = prefix + getattr(route, "include_context").prefix  # noqa: B009
             yield from every_route(included.routes, inner)
-        elif isinstance(route, Mount):  # static files (the docs' assets): any file in it
-            yield "GET", prefix + route.path + "/swagger-ui.css"
+        elif isinstance(route, Mount):  # static files: one that is in it
+            asset = "/app.css" if route.path == "/static" else "/swagger-ui.css"
+            yield "GET", prefix + route.path + asset
         else:
             assert isinstance(route, Route), route
             for method in sorted(route.methods or ()):
@@ -145,7 +147,8 @@ def test_every_route_but_healthz_needs_a_token(secured: Live) -> None:
         path = re.sub(r"\{[^}]+\}", "0" * 28, route)
         response = secured.http.request(method, path)
         checked.add((method, route))
-        if route in OPEN:  # (an empty sign-in form is a 401 of its own)
+        # (an empty sign-in form is a 401 of its own)
+        if route in OPEN or route.startswith("/static/"):
             assert "a token is needed" not in response.text, (method, path)
         else:
             assert_unauthorized(response)
