@@ -163,6 +163,7 @@
         const item = row(file);
         queue.prepend(item.node);
         if (file.size > limit) {
+          item.node.classList.add("not-sent");
           item.fail(file.name + " is " + humanBytes(file.size) + ", over the limit of " + limitText + ". It was not sent.", false);
           continue;
         }
@@ -203,7 +204,7 @@
       function setStatus(status, text) {
         node.dataset.status = status;
         state.replaceChildren(statusBadge(status));
-        note.textContent = text || EXPLAIN[status] || "";
+        note.textContent = text === undefined ? EXPLAIN[status] || "" : text;
       }
 
       function cancel() {

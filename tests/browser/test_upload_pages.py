@@ -1,0 +1,342 @@
+"""The upload pages in a real Chromium against a real uvicorn, local and S3.
+
+Each test drives the pages as a person would: the file input, a drop on the
+drop zone, the Cancel and Delete buttons, and, with JavaScript off, the plain
+form. Progress is watched on the page's own <progress> bars while Chromium's
+network emulation slows the upload down. Every page is checked with axe-core
+(no serious or critical violation), and screenshots of each page in its final
+state, desktop and 375 px wide, go to tests/artifacts/pages/.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Browser, Page, expect
+
+from tests.api.helpers import wait_until
+from tests.backends import Backend
+from tests.backends.tools import CHECKOUT
+from tests.browser.conftest import OfflinePage
+from tests.conftest import Live, make_settings
+
+pytestmark = [
+    # The first run installs Debian's chromium with apt, which takes minutes.
+    pytest.mark.timeout(900),
+]
+BOTH = pytest.mark.parametrize("backend", ["local", "s3"], indirect=True)
+LOCAL = pytest.mark.parametrize("backend", ["local"], indirect=True)
+
+UI_TIMEOUT_MS = 30_000
+SHOTS = CHECKOUT / "tests" / "artifacts" / "pages"
+#: Chromium's upload throttle, bytes per second: slow enough to see progress move.
+SLOW = 2 << 20
+BAD_IMPACTS = {"serious", "critical"}
+
+#: Records every value the page's progress bars take, as the page sets them.
+WATCH_PROGRESS = """() => {
+  window.__progress = [];
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const node = change.target;
+      if (node.tagName === "PROGRESS") window.__progress.push(Number(node.getAttribute("value")));
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ["value"]});
+}"""
+
+#: A drop on the drop zone, as a file dragged from the desktop arrives.
+DROP = """([name, text]) => {
+  const data = new DataTransfer();
+  data.items.add(new File([text], name, {type: "text/plain"}));
+  const zone = document.getElementById("dropzone");
+  for (const type of ["dragenter", "dragover", "drop"]) {
+    zone.dispatchEvent(new DragEvent(type, {dataTransfer: data, bubbles: true, cancelable: true}));
+  }
+}"""
+
+
+@pytest.fixture
+def page(offline_page: OfflinePage) -> Page:
+    offline_page.page.set_default_timeout(UI_TIMEOUT_MS)
+    return offline_page.page
+
+
+@pytest.fixture
+def posts(page: Page) -> list[str]:
+    """Every POST the page sends."""
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
+    return sent
+
+
+def throttle(page: Page, upload_bytes_per_s: int) -> None:
+    session = page.context.new_cdp_session(page)
+    session.send("Network.enable")
+    session.send(
+        "Network.emulateNetworkConditions",
+        {
+            "offline": False,
+            "latency": 0,
+            "downloadThroughput": -1,
+            "uploadThroughput": upload_bytes_per_s,
+        },
+    )
+
+
+def shoot(page: Page, name: str) -> None:
+    """The page as it is now, desktop and 375 px wide."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    size = page.viewport_size or {"width": 1280, "height": 900}
+    page.screenshot(path=SHOTS / f"{name}-desktop.png", full_page=True)
+    page.set_viewport_size({"width": 375, "height": 812})
+    page.screenshot(path=SHOTS / f"{name}-375.png", full_page=True)
+    page.set_viewport_size(size)
+
+
+def accessible(page: Page, name: str) -> list[dict[str, Any]]:
+    """axe-core's violations on the page; the serious and critical ones fail the test."""
+    results = Axe().run(page)
+    violations = results.response["violations"]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    summary = [
+        {"id": v["id"], "impact": v["impact"], "nodes": len(v["nodes"]), "help": v["help"]}
+        for v in violations
+    ]
+    (SHOTS / f"{name}-axe.json").write_text(json.dumps(summary, indent=2))
+    bad = [v for v in summary if v["impact"] in BAD_IMPACTS]
+    assert bad == [], bad
+    return summary
+
+
+def uploads(live: Live) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = live.http.get("/uploads").json()["items"]
+    return items
+
+
+@BOTH
+def test_blocking_page_uploads_several_files_with_progress(
+    live: Live, page: Page, posts: list[str]
+) -> None:
+    big, small = os.urandom(6 << 20), b"second file\n"
+    page.goto(f"{live.url}/")
+    expect(page.get_by_text(live.backend.url.split("?")[0].rstrip("/"), exact=False)).to_be_visible()
+    accessible(page, "upload")
+    page.evaluate(WATCH_PROGRESS)
+    throttle(page, SLOW)
+    page.locator("#file").set_input_files(
+        [
+            {"name": "big.bin", "mimeType": "application/octet-stream", "buffer": big},
+            {"name": "small.txt", "mimeType": "text/plain", "buffer": small},
+        ]
+    )
+    rows = page.locator("#queue .item")
+    expect(rows).to_have_count(2)
+    big_row = rows.filter(has_text="big.bin")
+    expect(big_row.locator(".item-speed")).to_contain_text("/s")
+    expect(big_row.locator(".item-eta")).to_contain_text("left")
+    expect(big_row.locator(".item-status")).to_contain_text("completed", timeout=60_000)
+    expect(big_row.locator(".item-percent")).to_have_text("100 %")
+    expect(rows.filter(has_text="small.txt").locator(".item-status")).to_contain_text("completed")
+    seen = page.evaluate("window.__progress")
+    assert any(0 < value < 100 for value in seen), seen
+    assert seen[-1] == 100 or 100 in seen
+    assert len(posts) == 2
+    stored = {item["filename"]: item for item in uploads(live)}
+    assert stored["big.bin"]["sha256"] == hashlib.sha256(big).hexdigest()
+    assert stored["small.txt"]["size"] == len(small)
+    expect(page.locator("#recent-list")).to_contain_text("big.bin")
+    expect(page.locator("#announcer")).not_to_be_empty()
+    accessible(page, "upload-done")
+    shoot(page, "upload-done")
+
+
+@BOTH
+def test_background_page_follows_a_dropped_file_to_completed(live: Live, page: Page) -> None:
+    page.goto(f"{live.url}/background")
+    accessible(page, "background")
+    page.evaluate(DROP, ["dropped.txt", "dropped on the zone\n"])
+    row = page.locator("#queue .item", has_text="dropped.txt")
+    expect(row.locator(".item-status")).to_contain_text("completed")
+    expect(row.locator(".item-note")).to_contain_text("ready to download")
+    expect(row.get_by_role("link", name="Download dropped.txt")).to_be_visible()
+    (record,) = uploads(live)
+    assert record["filename"] == "dropped.txt" and record["status"] == "completed"
+    accessible(page, "background-done")
+    shoot(page, "background-done")
+
+
+@BOTH
+def test_the_file_list_downloads_and_deletes(live: Live, page: Page, tmp_path: Path) -> None:
+    data = os.urandom(300_000)
+    first = live.http.post("/upload-blocking/", files={"file": ("keep.bin", data)}).json()
+    second = live.http.post("/upload-blocking/", files={"file": ("gone.txt", b"bye")}).json()
+    page.goto(f"{live.url}/uploads")
+    rows = page.locator("table.files tbody tr")
+    expect(rows).to_have_count(2)
+    expect(rows.first).to_contain_text("gone.txt")  # newest first
+    accessible(page, "list")
+    shoot(page, "list")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download keep.bin").click()
+    assert Path(download.value.path()).read_bytes() == data
+
+    page.once("dialog", lambda dialog: dialog.dismiss())  # "Keep" first: nothing goes
+    page.get_by_role("button", name="Delete gone.txt").click()
+    expect(rows).to_have_count(2)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete gone.txt").click()
+    expect(rows).to_have_count(1)
+    expect(page.locator("#announcer")).to_contain_text("gone.txt deleted")
+    assert live.http.get(f"/uploads/{second['id']}").status_code == 404
+    assert [item["id"] for item in uploads(live)] == [first["id"]]
+
+    page.goto(f"{live.url}/uploads/{first['id']}")
+    expect(page.locator("#status")).to_contain_text("completed")
+    accessible(page, "record")
+    shoot(page, "record")
+
+
+@LOCAL
+def test_the_file_list_refreshes_when_an_upload_completes(live: Live, browser: Browser) -> None:
+    context = browser.new_context()
+    try:
+        listing, uploading = context.new_page(), context.new_page()
+        listing.goto(f"{live.url}/uploads")
+        expect(listing.get_by_text("No files yet.")).to_be_visible()
+        uploading.goto(f"{live.url}/background")
+        uploading.locator("#file").set_input_files(
+            {"name": "fresh.txt", "mimeType": "text/plain", "buffer": b"new"}
+        )
+        expect(listing.locator("table.files")).to_contain_text("fresh.txt", timeout=UI_TIMEOUT_MS)
+    finally:
+        context.close()
+
+
+@BOTH
+def test_cancel_stops_a_slow_upload_and_keeps_nothing(live: Live, page: Page) -> None:
+    page.goto(f"{live.url}/")
+    throttle(page, 256 << 10)
+    page.locator("#file").set_input_files(
+        {"name": "slow.bin", "mimeType": "application/octet-stream", "buffer": os.urandom(8 << 20)}
+    )
+    row = page.locator("#queue .item", has_text="slow.bin")
+    expect(row.locator(".item-speed")).to_contain_text("/s")
+    row.get_by_role("button", name="Cancel slow.bin").click()
+    expect(row.locator(".item-status")).to_contain_text("cancelled")
+    expect(row.get_by_role("button", name="Try slow.bin again")).to_be_visible()
+    wait_until(lambda: live.backend.leftovers() == [], timeout=20)
+    assert uploads(live) == []
+
+
+@LOCAL
+def test_a_file_over_the_limit_is_refused_before_anything_is_sent(
+    live_factory: Callable[..., Live],
+    backend: Backend,
+    tmp_path: Path,
+    page: Page,
+    posts: list[str],
+) -> None:
+    live = live_factory(make_settings(backend, tmp_path, max_upload_bytes=1 << 20))
+    page.goto(f"{live.url}/")
+    expect(page.locator(".facts")).to_contain_text("Up to 1 MiB per file")
+    page.locator("#file").set_input_files(
+        {"name": "huge.bin", "mimeType": "application/octet-stream", "buffer": b"x" * (2 << 20)}
+    )
+    message = page.locator("#queue .item .message")
+    expect(message).to_have_text("!huge.bin is 2 MiB, over the limit of 1 MiB. It was not sent.")
+    expect(message).to_have_attribute("role", "alert")
+    assert posts == []
+    accessible(page, "over-limit")
+    shoot(page, "over-limit")
+
+
+@LOCAL
+def test_server_errors_read_as_sentences_with_a_way_to_try_again(
+    live: Live, page: Page
+) -> None:
+    """The service's answers, as a flaky storage or a network loss would give them."""
+    page.goto(f"{live.url}/")
+    answers = iter(
+        [
+            {"status": 503, "body": '{"detail": "storage: boom", "code": "storage_unavailable"}'},
+            {"status": 422, "body": '{"detail": "not an image", "code": "rejected", "id": "x"}'},
+        ]
+    )
+    page.route(
+        "**/upload-blocking/",
+        lambda route: route.fulfill(content_type="application/json", **next(answers)),
+    )
+    page.locator("#file").set_input_files(
+        [
+            {"name": "a.txt", "mimeType": "text/plain", "buffer": b"a"},
+        ]
+    )
+    row = page.locator("#queue .item", has_text="a.txt")
+    expect(row.locator(".message")).to_contain_text("Storage is unavailable right now.")
+    expect(row.locator(".message")).not_to_contain_text("boom")
+    row.get_by_role("button", name="Try a.txt again").click()
+    expect(row.locator(".message")).to_have_text("!a.txt was refused: not an image")
+    page.unroute("**/upload-blocking/")
+    page.route("**/upload-blocking/", lambda route: route.abort("connectionreset"))
+    row.get_by_role("button", name="Try a.txt again").click()
+    expect(row.locator(".message")).to_contain_text("The connection was lost")
+    accessible(page, "errors")
+    shoot(page, "errors")
+
+
+@LOCAL
+def test_without_javascript_the_form_posts_and_a_reload_uploads_nothing_again(
+    live: Live, browser: Browser
+) -> None:
+    context = browser.new_context(java_script_enabled=False)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        for path in ("/", "/background"):
+            page.goto(f"{live.url}{path}")
+            name = f"plain{path.strip('/') or '-blocking'}.txt"
+            page.get_by_label("Choose a file").set_input_files(
+                {"name": name, "mimeType": "text/plain", "buffer": b"no script"}
+            )
+            page.get_by_role("button", name="Upload").click()
+            expect(page).to_have_url(re.compile(r"/uploads/[0-9a-z]+$"))
+            expect(page.get_by_role("heading", name=name)).to_be_visible()
+            # The background upload's page refreshes itself until the upload is final.
+            expect(page.locator("#status")).to_contain_text("completed", timeout=UI_TIMEOUT_MS)
+            page.reload()
+            expect(page.locator("#status")).to_contain_text("completed")
+        assert sorted(item["filename"] for item in uploads(live)) == [
+            "plain-blocking.txt",
+            "plainbackground.txt",
+        ]
+        shoot(page, "record-no-js")
+    finally:
+        context.close()
+
+
+@LOCAL
+def test_every_page_has_a_strict_policy_and_no_serious_axe_violations(
+    live: Live, page: Page, offline_page: OfflinePage
+) -> None:
+    live.http.post("/upload-blocking/", files={"file": ("x.txt", b"x")})
+    for path in ("/", "/background", "/uploads", f"/uploads/{'0' * 28}"):
+        answer = page.goto(f"{live.url}{path}")
+        assert answer is not None
+        policy = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "style-src 'self'" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert answer.headers["x-frame-options"] == "DENY"
+        accessible(page, "page" + path.replace("/", "-"))
+    shoot(page, "not-found")
+    assert offline_page.refused == [] and offline_page.external == []
+
+
