@@ -73,7 +73,9 @@ def page(offline_page: OfflinePage) -> Page:
 def posts(page: Page) -> list[str]:
     """Every POST the page sends."""
     sent: list[str] = []
-    page.on("request", lambda request: sent.append(request.url) if request.method == "POST" else None)
+    page.on(
+        "request", lambda request: sent.append(request.url) if request.method == "POST" else None
+    )
     return sent
 
 
@@ -127,7 +129,9 @@ def test_blocking_page_uploads_several_files_with_progress(
 ) -> None:
     big, small = os.urandom(6 << 20), b"second file\n"
     page.goto(f"{live.url}/")
-    expect(page.get_by_text(live.backend.url.split("?")[0].rstrip("/"), exact=False)).to_be_visible()
+    expect(
+        page.get_by_text(live.backend.url.split("?")[0].rstrip("/"), exact=False)
+    ).to_be_visible()
     accessible(page, "upload")
     page.evaluate(WATCH_PROGRESS)
     throttle(page, SLOW)
@@ -260,9 +264,7 @@ def test_a_file_over_the_limit_is_refused_before_anything_is_sent(
 
 
 @LOCAL
-def test_server_errors_read_as_sentences_with_a_way_to_try_again(
-    live: Live, page: Page
-) -> None:
+def test_server_errors_read_as_sentences_with_a_way_to_try_again(live: Live, page: Page) -> None:
     """The service's answers, as a flaky storage or a network loss would give them."""
     page.goto(f"{live.url}/")
     answers = iter(
@@ -338,5 +340,3 @@ def test_every_page_has_a_strict_policy_and_no_serious_axe_violations(
         accessible(page, "page" + path.replace("/", "-"))
     shoot(page, "not-found")
     assert offline_page.refused == [] and offline_page.external == []
-
-
