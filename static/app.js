@@ -71,7 +71,7 @@
       case 413: return file.name + " is larger than the limit of " + limitText + ".";
       case 415: return "The file was not sent as a file upload. Reload the page and try again.";
       case 422:
-        if (code === "rejected") return file.name + " was refused" + (body.detail ? ": " + body.detail : ".");
+        if (code === "rejected") return refusal(file.name, body.detail);
         return "The upload could not be used.";
       case 503: return "Storage is unavailable right now. Nothing was kept; try again in a minute.";
       case 507: return "Storage is full. Nothing was kept.";
@@ -79,8 +79,17 @@
     }
   }
 
+  /* "rejected by mimetype: type x is not allowed" -> "refused by mimetype: type x is not allowed." */
+  function refusal(name, reason) {
+    const match = /^rejected by ([^:]+): (.*)$/s.exec(reason || "");
+    let text = " by a processing step";
+    if (match) text = " by " + match[1] + ": " + match[2];
+    else if (reason) text = ": " + reason;
+    return name + " was refused" + text + (/[.!?]$/.test(text) ? "" : ".");
+  }
+
   function failureText(record) {
-    if (record.rejected) return "It was refused: " + (record.error || "by a processing step") + ".";
+    if (record.rejected) return refusal(record.filename, record.error);
     if ((record.error || "").startsWith("storing"))
       return "It could not be written to storage. Upload it again; if this keeps happening, tell whoever runs this service (upload " + record.id + ").";
     return "Processing did not finish. Upload it again; if this keeps happening, tell whoever runs this service (upload " + record.id + ").";
@@ -242,7 +251,7 @@
       }
 
       function finished(record) {
-        node.classList.add("done");
+        node.classList.add(record.status === "completed" ? "done" : "ended");
         name.replaceChildren(el("a", { href: root + "/uploads/" + record.id }, file.name));
         actions.replaceChildren();
         if (record.status === "completed") {
@@ -287,7 +296,7 @@
             if (xhr.status === 201 && answer) {
               setStatus(answer.status);
               finished(answer);
-              if (answer.status === "failed") fail(failureText(answer));
+              if (answer.status === "failed") fail(failureText(answer), !answer.rejected);
               announce(file.name + ": " + answer.status + ".");
             } else if (xhr.status === 202 && answer) {
               setStatus(answer.status);
@@ -298,13 +307,15 @@
                   if (!FINAL.has(r.status)) announce(file.name + ": " + r.status + ".");
                 });
                 finished(record);
-                if (record.status === "failed") fail(failureText(record), true);
+                // A refusal would only be refused again; another failure may pass next time.
+                if (record.status === "failed") fail(failureText(record), !record.rejected);
                 announce(file.name + ": " + record.status + ".");
               } catch (error) {
                 fail("Its status could not be read just now; it may still finish. See the file list.");
               }
             } else {
-              fail(explainError(xhr.status, answer, file, limitText));
+              const refused = xhr.status === 422 && answer && answer.code === "rejected";
+              fail(explainError(xhr.status, answer, file, limitText), !refused);
               announce(file.name + ": failed.");
             }
             resolve();

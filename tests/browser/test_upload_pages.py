@@ -11,6 +11,7 @@ state, desktop and 375 px wide, go to tests/artifacts/pages/.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -20,13 +21,19 @@ from typing import Any
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, Page, expect
+from PIL import Image
+from playwright.sync_api import Browser, Page, Route, expect
 
 from tests.api.helpers import wait_until
 from tests.backends import Backend
 from tests.backends.tools import CHECKOUT
 from tests.browser.conftest import OfflinePage
 from tests.conftest import Live, make_settings
+from tests.e2e.test_nginx import proxied
+from tests.nginx import PREFIX
+from uploadsvc.config import ProcessingSettings
+
+ADMIN = "admin-5c1e9a7f3b2d4e6a"
 
 pytestmark = [
     # The first run installs Debian's chromium with apt, which takes minutes.
@@ -270,27 +277,36 @@ def test_server_errors_read_as_sentences_with_a_way_to_try_again(live: Live, pag
     answers = iter(
         [
             {"status": 503, "body": '{"detail": "storage: boom", "code": "storage_unavailable"}'},
+            None,  # the connection drops
             {"status": 422, "body": '{"detail": "not an image", "code": "rejected", "id": "x"}'},
         ]
     )
-    page.route(
-        "**/upload-blocking/",
-        lambda route: route.fulfill(content_type="application/json", **next(answers)),
-    )
+
+    def answer(route: Route) -> None:
+        given = next(answers)
+        if given is None:
+            route.abort("connectionreset")
+        else:
+            route.fulfill(content_type="application/json", **given)
+
+    page.route("**/upload-blocking/", answer)
     page.locator("#file").set_input_files(
-        [
-            {"name": "a.txt", "mimeType": "text/plain", "buffer": b"a"},
-        ]
+        {"name": "a.txt", "mimeType": "text/plain", "buffer": b"a"}
     )
     row = page.locator("#queue .item", has_text="a.txt")
-    expect(row.locator(".message")).to_contain_text("Storage is unavailable right now.")
-    expect(row.locator(".message")).not_to_contain_text("boom")
-    row.get_by_role("button", name="Try a.txt again").click()
-    expect(row.locator(".message")).to_have_text("!a.txt was refused: not an image")
-    page.unroute("**/upload-blocking/")
-    page.route("**/upload-blocking/", lambda route: route.abort("connectionreset"))
+    expect(row.locator(".message")).to_have_text(
+        "!Storage is unavailable right now. Nothing was kept; try again in a minute."
+    )
     row.get_by_role("button", name="Try a.txt again").click()
     expect(row.locator(".message")).to_contain_text("The connection was lost")
+    page.locator("#file").set_input_files(
+        {"name": "b.txt", "mimeType": "text/plain", "buffer": b"b"}
+    )
+    refused = page.locator("#queue .item", has_text="b.txt")
+    expect(refused.locator(".message")).to_have_text("!b.txt was refused: not an image.")
+    # Sent again, it would be refused again: no "Try again".
+    expect(refused.get_by_role("button")).to_have_count(0)
+    expect(row.get_by_role("button", name="Try a.txt again")).to_be_visible()
     accessible(page, "errors")
     shoot(page, "errors")
 
@@ -340,3 +356,88 @@ def test_every_page_has_a_strict_policy_and_no_serious_axe_violations(
         accessible(page, "page" + path.replace("/", "-"))
     shoot(page, "not-found")
     assert offline_page.refused == [] and offline_page.external == []
+
+
+#: Records every status a row of the queue shows, in order.
+WATCH_STATUSES = """() => {
+  window.__statuses = [];
+  new MutationObserver((changes) => {
+    for (const change of changes) {
+      const row = change.target;
+      if (row.classList && row.classList.contains("item")) {
+        const name = row.querySelector(".item-name").textContent;
+        window.__statuses.push(name + ":" + row.dataset.status);
+      }
+    }
+  }).observe(document.body, {subtree: true, attributes: true, attributeFilter: ["data-status"]});
+}"""
+
+
+@BOTH
+def test_background_rows_show_each_status_and_a_refusal_in_words(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path, page: Page
+) -> None:
+    settings = make_settings(backend, tmp_path, max_upload_bytes=32 << 20).model_copy(
+        update={
+            "processing": ProcessingSettings(pipeline=["delay", "mimetype"]),
+            "plugins": {"delay": {"seconds": 1}, "mimetype": {"allow": ["text/plain"]}},
+        }
+    )
+    live = live_factory(settings)
+    page.goto(f"{live.url}/background")
+    expect(page.locator(".facts")).to_contain_text("Processing here: delay (1 s), then mimetype")
+    page.evaluate(WATCH_STATUSES)
+    page.locator("#file").set_input_files(
+        [
+            {"name": "fine.txt", "mimeType": "text/plain", "buffer": b"plain words\n"},
+            {"name": "pic.png", "mimeType": "image/png", "buffer": png()},
+        ]
+    )
+    fine = page.locator("#queue .item", has_text="fine.txt")
+    pic = page.locator("#queue .item", has_text="pic.png")
+    expect(fine.locator(".item-status")).to_contain_text("completed")
+    expect(pic.locator(".item-status")).to_contain_text("failed")
+    expect(pic.locator(".message")).to_have_text(
+        "!pic.png was refused by mimetype: type image/png is not allowed (allowed: text/plain)."
+    )
+    statuses = [s.split(":", 1)[1] for s in page.evaluate("window.__statuses") if "fine" in s]
+    assert "processing" in statuses and statuses[-1] == "completed", statuses
+    assert statuses.index("processing") > statuses.index("uploading"), statuses
+    accessible(page, "background-refused")
+    shoot(page, "background-refused")
+
+
+def png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (64, 48), "teal").save(out, "PNG")
+    return out.getvalue()
+
+
+def test_under_a_prefix_behind_nginx_with_sign_in(
+    tmp_path: Path, page: Page, offline_page: OfflinePage
+) -> None:
+    """The pages' static files, the script's requests and the cookie all work under
+    the README's prefix, through nginx, with tokens on."""
+    with proxied(tmp_path, tokens=[ADMIN]) as setup:
+        base = f"http://127.0.0.1:{setup.proxy.port}"
+        page.goto(f"{base}{PREFIX}/background")
+        expect(page.get_by_role("heading", name="Sign-in needed")).to_be_visible()
+        page.get_by_label("Token").fill(ADMIN)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Background upload")).to_be_visible()
+        page.locator("#file").set_input_files(
+            {"name": "pic.png", "mimeType": "image/png", "buffer": png()}
+        )
+        row = page.locator("#queue .item", has_text="pic.png")
+        expect(row.locator(".item-status")).to_contain_text("completed")
+        row.get_by_role("link", name="pic.png", exact=True).click()
+        expect(page).to_have_url(re.compile(rf"{PREFIX}/uploads/[0-9a-z]+$"))
+        expect(page.get_by_role("img", name="Thumbnail of pic.png")).to_be_visible()
+        page.get_by_role("navigation").get_by_role("link", name="Files").click()
+        expect(page.locator("table.files img")).to_have_count(1)
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.get_by_role("button", name="Delete pic.png").click()
+        expect(page.locator("table.files tbody tr")).to_have_count(0)
+        assert setup.files() == []
+        outside = [u for u in offline_page.requested if not u.startswith(f"{base}{PREFIX}/")]
+        assert outside == [] and offline_page.refused == []
