@@ -284,7 +284,9 @@ def test_pages_without_javascript_sign_in_upload_and_sign_out(secured: Live) -> 
     form = secured.http.get("/", headers=browser(secured, cookie))
     assert form.status_code == 200 and 'action="/signout"' in form.text
     done = upload(secured, browser(secured, cookie))
-    assert done.status_code == 201 and done.headers["content-type"].startswith("text/html")
+    assert done.status_code == 303 and done.headers["location"].startswith("/uploads/")
+    record_page = secured.http.get(done.headers["location"], headers=browser(secured, cookie))
+    assert record_page.status_code == 200 and "a.txt" in record_page.text
     listing = secured.http.get("/uploads", headers=browser(secured, cookie))
     assert listing.status_code == 200 and "a.txt" in listing.text
 

@@ -422,6 +422,8 @@ def test_under_a_prefix_behind_nginx_with_sign_in(
         base = f"http://127.0.0.1:{setup.proxy.port}"
         page.goto(f"{base}{PREFIX}/background")
         expect(page.get_by_role("heading", name="Sign-in needed")).to_be_visible()
+        accessible(page, "sign-in")
+        shoot(page, "sign-in")
         page.get_by_label("Token").fill(ADMIN)
         page.get_by_role("button", name="Sign in").click()
         expect(page.get_by_role("heading", name="Background upload")).to_be_visible()
@@ -441,3 +443,41 @@ def test_under_a_prefix_behind_nginx_with_sign_in(
         assert setup.files() == []
         outside = [u for u in offline_page.requested if not u.startswith(f"{base}{PREFIX}/")]
         assert outside == [] and offline_page.refused == []
+
+
+@LOCAL
+def test_an_uploads_page_follows_its_status_without_a_reload(
+    live_factory: Callable[..., Live], backend: Backend, tmp_path: Path, page: Page
+) -> None:
+    settings = make_settings(backend, tmp_path, max_upload_bytes=32 << 20).model_copy(
+        update={
+            "processing": ProcessingSettings(pipeline=["delay"]),
+            "plugins": {"delay": {"seconds": 1.5}},
+        }
+    )
+    live = live_factory(settings)
+    accepted = live.http.post("/upload-nonblocking/", files={"file": ("later.txt", b"x")}).json()
+    page.goto(f"{live.url}/uploads/{accepted['id']}")
+    page.evaluate("window.__same_document = true")
+    expect(page.locator("#status")).to_contain_text("processing")
+    expect(page.locator("#status")).to_contain_text("the processing steps are running")
+    accessible(page, "record-processing")
+    shoot(page, "record-processing")
+    expect(page.locator("#status")).to_contain_text("completed")
+    expect(page.get_by_role("link", name="Download")).to_be_visible()
+    assert page.evaluate("window.__same_document") is True  # no reload happened
+
+
+@LOCAL
+def test_the_drop_zone_opens_the_picker_from_the_keyboard(live: Live, page: Page) -> None:
+    page.goto(f"{live.url}/")
+    zone = page.get_by_role("button", name="Choose files to upload, or drop them here")
+    zone.focus()
+    for key in ("Enter", " "):
+        with page.expect_file_chooser() as chooser:
+            page.keyboard.press(key)
+        assert chooser.value.is_multiple()
+    chooser.value.set_files({"name": "keys.txt", "mimeType": "text/plain", "buffer": b"k"})
+    expect(
+        page.locator("#queue .item", has_text="keys.txt").locator(".item-status")
+    ).to_contain_text("completed")
