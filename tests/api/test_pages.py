@@ -150,3 +150,20 @@ def test_an_error_page_names_the_error_not_a_failed_upload(live: Live) -> None:
     )
     assert too_large.status_code == 413
     assert "<h1>The file is too large</h1>" in too_large.text
+
+
+def test_a_failed_uploads_page_says_what_to_do_not_what_broke(
+    live_factory: Callable[..., Live],
+) -> None:
+    class Broken(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            raise ValueError("/srv/secret/path: internal parser state 0x1f")
+
+    live = live_factory(pipeline=Pipeline([("broken", Broken(Options()))], timeout=30))
+    accepted = live.http.post("/upload-nonblocking/", files={"file": ("f.txt", b"x")}).json()
+    record = wait_for_status(live, accepted["id"])
+    assert record["status"] == "failed" and "/srv/secret/path" in record["error"]  # the API's
+    page = live.http.get(f"/uploads/{accepted['id']}", headers={"Accept": BROWSER_ACCEPT})
+    assert "/srv/secret/path" not in page.text and "0x1f" not in page.text
+    assert "Processing did not finish. Upload it again" in page.text
+    assert accepted["id"] in page.text  # something to quote to whoever runs the service
