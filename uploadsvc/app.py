@@ -22,6 +22,7 @@ from .pipeline import Pipeline
 from .storage import Storage
 from .web import api, docs, examples, pages
 from .web.access import install_access
+from .web.headers import PageHeaders
 from .web.requestlog import LoggedApp
 from .wiring import build_jobs, check_reachable, or_exit
 
@@ -55,10 +56,12 @@ def create_app(
     app.state.jobs = jobs
     install_error_handlers(app)
     app.include_router(api.router)
-    app.include_router(pages.router)
+    pages.install(app)
     docs.install(app)
     examples.keep_example_nulls(app)
     install_access(app, settings)
+    # Outside the guard: its refusals (401 pages) carry the headers too.
+    app.add_middleware(PageHeaders)
     return app
 
 

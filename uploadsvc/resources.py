@@ -1,7 +1,7 @@
-"""Where the templates and shipped plugins are, installed or in a checkout.
+"""Where the templates, static files and shipped plugins are, installed or in a checkout.
 
 A wheel carries them inside the package (`uploadsvc/templates`,
-`uploadsvc/plugins`); a checkout keeps them at the repository root, beside the
+`uploadsvc/static`, `uploadsvc/plugins`); a checkout keeps them at the repository root, beside the
 package. Looking next to the code in both places makes the service work from
 any working directory.
 """
@@ -19,4 +19,5 @@ def _beside_code(name: str) -> Path:
 
 
 TEMPLATES_DIR = _beside_code("templates")
+STATIC_DIR = _beside_code("static")
 PLUGINS_DIR = _beside_code("plugins")

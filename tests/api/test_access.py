@@ -39,7 +39,8 @@ TOKENS = [
 ALLOWED = "https://app.example.org"
 EVIL = "https://evil.example"
 #: Routes open without a token, by design (see web/access.py).
-OPEN = {"/healthz", "/signin", "/signout"}
+#: The pages' own stylesheet and script are open too: the sign-in page needs them.
+OPEN = {"/healthz", "/signin", "/signout", "/static"}
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -130,8 +131,9 @@ def every_route(routes: Iterable[BaseRoute], prefix: str = "") -> Iterator[tuple
         if included is not None:
             inner = prefix + getattr(route, "include_context").prefix  # noqa: B009
             yield from every_route(included.routes, inner)
-        elif isinstance(route, Mount):  # static files (the docs' assets): any file in it
-            yield "GET", prefix + route.path + "/swagger-ui.css"
+        elif isinstance(route, Mount):  # static files: one that is in it
+            asset = "/app.css" if route.path == "/static" else "/swagger-ui.css"
+            yield "GET", prefix + route.path + asset
         else:
             assert isinstance(route, Route), route
             for method in sorted(route.methods or ()):
@@ -145,7 +147,8 @@ def test_every_route_but_healthz_needs_a_token(secured: Live) -> None:
         path = re.sub(r"\{[^}]+\}", "0" * 28, route)
         response = secured.http.request(method, path)
         checked.add((method, route))
-        if route in OPEN:  # (an empty sign-in form is a 401 of its own)
+        # (an empty sign-in form is a 401 of its own)
+        if route in OPEN or route.startswith("/static/"):
             assert "a token is needed" not in response.text, (method, path)
         else:
             assert_unauthorized(response)
@@ -281,7 +284,9 @@ def test_pages_without_javascript_sign_in_upload_and_sign_out(secured: Live) -> 
     form = secured.http.get("/", headers=browser(secured, cookie))
     assert form.status_code == 200 and 'action="/signout"' in form.text
     done = upload(secured, browser(secured, cookie))
-    assert done.status_code == 201 and done.headers["content-type"].startswith("text/html")
+    assert done.status_code == 303 and done.headers["location"].startswith("/uploads/")
+    record_page = secured.http.get(done.headers["location"], headers=browser(secured, cookie))
+    assert record_page.status_code == 200 and "a.txt" in record_page.text
     listing = secured.http.get("/uploads", headers=browser(secured, cookie))
     assert listing.status_code == 200 and "a.txt" in listing.text
 

@@ -26,23 +26,32 @@ def test_pages_offer_a_form_for_each_path(live: Live) -> None:
         assert 'name="file"' in page.text
 
 
-def test_form_post_gets_a_page_with_the_outcome(live: Live) -> None:
+def test_form_post_is_redirected_to_the_uploads_page(live: Live) -> None:
+    """Post-redirect-get: a browser lands on /uploads/{id}, so a reload sends nothing again."""
     headers = {"Accept": BROWSER_ACCEPT}
     done = live.http.post("/upload-blocking/", files={"file": ("note.txt", b"hi")}, headers=headers)
-    assert done.status_code == 201
-    assert done.headers["content-type"].startswith("text/html")
-    assert "note.txt" in done.text and "completed" in done.text
+    assert done.status_code == 303 and done.content == b""
+    upload_id = done.headers["location"].rsplit("/", 1)[-1]
+    assert done.headers["location"] == f"/uploads/{upload_id}"
+    page = live.http.get(done.headers["location"], headers=headers)
+    assert page.headers["content-type"].startswith("text/html")
+    assert "note.txt" in page.text and "completed" in page.text
 
     queued = live.http.post(
         "/upload-nonblocking/", files={"file": ("later.txt", b"hi")}, headers=headers
     )
-    assert queued.status_code == 202
-    assert "later.txt" in queued.text
+    assert queued.status_code == 303
     upload_id = queued.headers["location"].rsplit("/", 1)[-1]
+    assert "later.txt" in live.http.get(f"/uploads/{upload_id}", headers=headers).text
     wait_for_status(live, upload_id)
     status_page = live.http.get(f"/uploads/{upload_id}", headers=headers)
     assert status_page.headers["content-type"].startswith("text/html")
     assert "completed" in status_page.text
+    assert 'http-equiv="refresh"' not in status_page.text  # final: no more refreshing
+
+    # API clients keep their JSON answers.
+    assert live.http.post("/upload-blocking/", files={"file": ("a", b"x")}).status_code == 201
+    assert live.http.post("/upload-nonblocking/", files={"file": ("b", b"x")}).status_code == 202
 
     refused = live.http.post(
         "/upload-blocking/", content=b"x", headers={**headers, "Content-Type": "text/plain"}
@@ -53,11 +62,12 @@ def test_form_post_gets_a_page_with_the_outcome(live: Live) -> None:
 
 
 def test_html_escapes_the_client_file_name(live: Live) -> None:
-    response = live.http.post(
+    posted = live.http.post(
         "/upload-blocking/",
         files={"file": ("<img src=x onerror=alert(1)>.txt", b"x")},
         headers={"Accept": BROWSER_ACCEPT},
     )
+    response = live.http.get(posted.headers["location"], headers={"Accept": BROWSER_ACCEPT})
     assert "<img src=x" not in response.text
     assert "&lt;img src=x onerror=alert(1)&gt;.txt" in response.text
 
@@ -140,3 +150,20 @@ def test_an_error_page_names_the_error_not_a_failed_upload(live: Live) -> None:
     )
     assert too_large.status_code == 413
     assert "<h1>The file is too large</h1>" in too_large.text
+
+
+def test_a_failed_uploads_page_says_what_to_do_not_what_broke(
+    live_factory: Callable[..., Live],
+) -> None:
+    class Broken(Processor[Options]):
+        async def process(self, upload: Upload) -> Mapping[str, Any]:
+            raise ValueError("/srv/secret/path: internal parser state 0x1f")
+
+    live = live_factory(pipeline=Pipeline([("broken", Broken(Options()))], timeout=30))
+    accepted = live.http.post("/upload-nonblocking/", files={"file": ("f.txt", b"x")}).json()
+    record = wait_for_status(live, accepted["id"])
+    assert record["status"] == "failed" and "/srv/secret/path" in record["error"]  # the API's
+    page = live.http.get(f"/uploads/{accepted['id']}", headers={"Accept": BROWSER_ACCEPT})
+    assert "/srv/secret/path" not in page.text and "0x1f" not in page.text
+    assert "Processing did not finish. Upload it again" in page.text
+    assert accepted["id"] in page.text  # something to quote to whoever runs the service

@@ -43,6 +43,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (wheel,) = work.glob("uploadsvc-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "uploadsvc/templates/upload.html" in names
+    assert {"uploadsvc/static/app.css", "uploadsvc/static/app.js"} <= set(names)
     assert "uploadsvc/plugins/README.md" in names
     target = work / "site"
     subprocess.run(
@@ -124,6 +125,8 @@ def test_installed_wheel_serves_pages_and_uploads_from_any_folder(
 
     page = httpx.get(f"{url}/background")
     assert page.status_code == 200 and 'action="/upload-nonblocking/"' in page.text
+    for asset in ("app.css", "app.js"):  # the pages' own, from inside the installed package
+        assert httpx.get(f"{url}/static/{asset}").content == (REPO / "static" / asset).read_bytes()
     data = os.urandom(3 << 20)
     record = httpx.post(f"{url}/upload-blocking/", files={"file": ("a.bin", data)}).json()
     assert record["sha256"] == hashlib.sha256(data).hexdigest()

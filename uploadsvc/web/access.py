@@ -35,6 +35,9 @@ from ..errors import Forbidden, ServiceError, Unauthorized, error_response
 from . import signin
 from .origins import Site, request_site
 
+#: Where the pages' stylesheet and script are served (`pages.py`); nothing secret.
+STATIC_PREFIX = "/static/"
+
 #: Methods that change something; the ones a page on another site must not send.
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -72,6 +75,9 @@ class Rules:
 
     def needs(self, method: str, path: str) -> Need:
         if path in self.open:
+            return "open"
+        # The pages' own stylesheet and script: the sign-in page needs them too.
+        if method in ("GET", "HEAD") and path.startswith(STATIC_PREFIX):
             return "open"
         if method in ("GET", "HEAD") and path in self.signed_in:
             return "signed_in"

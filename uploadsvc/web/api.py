@@ -42,7 +42,10 @@ router = APIRouter()
 
 HEALTH_TIMEOUT = 5.0
 
-_HTML_TWIN = "A browser's form post (`Accept` preferring `text/html`) gets a page instead of JSON."
+_HTML_TWIN = (
+    "A browser's form post (`Accept` preferring `text/html`) is answered with "
+    "303 See Other to the upload's page instead of JSON."
+)
 #: Every upload route may answer these, besides its own.
 _UPLOAD_ERRORS = (
     BadRequest,
@@ -90,12 +93,14 @@ def _content_length(request: Request) -> int | None:
 
 
 def _answer(request: Request, record: UploadRecord, status: int, body: Any) -> Response:
-    """The outcome as JSON, or as a page for a browser's form post."""
+    """The outcome as JSON, or, for a browser's form post, a redirect to its page.
+
+    Post-redirect-get: the browser then shows `/uploads/{id}`, so a reload asks
+    for the page again instead of sending the file a second time.
+    """
     headers = {"Location": public_path(request, f"/uploads/{record.id}")}
     if wants_html(request):
-        return templates.TemplateResponse(
-            request, "record.html", {"record": record}, status_code=status, headers=headers
-        )
+        return Response(status_code=303, headers=headers)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -21,6 +21,21 @@ def _prefix(request: Request) -> dict[str, str]:
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR), context_processors=[_prefix])
 
 
+def human_bytes(size: int) -> str:
+    """1073741824 -> "1 GiB", 1536 -> "1.5 KiB": binary units, as the script shows them."""
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    if unit == "bytes":
+        return f"{size:,} byte{'s' if size != 1 else ''}"
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
+
+
+templates.env.filters["human_bytes"] = human_bytes
+
+
 def wants_html(request: Request) -> bool:
     html = json = 0.0
     for item in request.headers.get("accept", "").split(","):
