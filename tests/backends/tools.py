@@ -58,7 +58,12 @@ def apt_program(program: str, package: str) -> str:
 
 def npm_program(program: str, package: str) -> str:
     """`node_modules/.bin/<program>` under `.cache/npm`, installing `package` when missing."""
-    path = NPM_PREFIX / "node_modules" / ".bin" / program
+    return str(npm_file(Path(".bin") / program, package))
+
+
+def npm_file(relative: Path, package: str) -> Path:
+    """`node_modules/<relative>` under `.cache/npm`, installing `package` when missing."""
+    path = NPM_PREFIX / "node_modules" / relative
     if not path.exists():
         NPM_PREFIX.mkdir(parents=True, exist_ok=True)
         subprocess.run(
@@ -66,8 +71,8 @@ def npm_program(program: str, package: str) -> str:
             check=True,
             capture_output=True,
         )
-    assert path.exists(), f"npm installed {package}, but not {program}"
-    return str(path)
+    assert path.exists(), f"npm installed {package}, but not {relative}"
+    return path
 
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
