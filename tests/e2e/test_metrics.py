@@ -130,3 +130,6 @@ def test_two_workers_report_the_whole_service_on_every_scrape(
         samples = scrape(service)
         assert value(samples, "uploadsvc_uploads_total", path="blocking", outcome="2xx") == uploads
         assert value(samples, "uploadsvc_upload_duration_seconds_count", path="blocking") == uploads
+    # SIGTERM, not the fixture's SIGKILL: uvicorn's supervisor then stops its workers,
+    # which a killed supervisor would leave running.
+    service.kill(signal.SIGTERM)
