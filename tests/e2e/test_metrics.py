@@ -97,7 +97,7 @@ def test_counters_move_exactly_and_start_from_zero_at_each_start(
     )
     assert (
         value(after, "uploadsvc_processor_duration_seconds_sum", processor="delay", outcome="ok")
-        >= 0.1
+        >= 0.09  # two sleeps of 0.05 s: asyncio's timers may wake a hair early
     )
     for status in ("queued", "storing", "processing"):
         assert ("uploadsvc_jobs", (("status", status),)) in after
