@@ -164,7 +164,9 @@ def test_a_body_of_countless_parts_is_refused_early(live: Live) -> None:
     )
     assert answer.status == 400
     assert b'"code":"bad_request"' in answer.body and b"parts" in answer.body
-    assert answer.sent < len(body) // 4  # refused while streaming
+    # Refused while streaming: on a loaded machine the socket buffers take a few MiB
+    # more before the answer is read, so "well before the end", not a fine margin.
+    assert answer.sent < len(body) // 2
     assert_nothing_left(live)
     # A form with a few fields beside the file is fine.
     fields = {f"field{i}": "value" for i in range(50)}
