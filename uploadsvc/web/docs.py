@@ -21,6 +21,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from .urls import root_path
+
 ASSETS_URL = "/docs-assets"
 #: Swagger UI's and ReDoc's builds and a favicon, as the package ships them.
 ASSETS = Path(str(files("fastapi_offline") / "static"))
@@ -44,7 +46,7 @@ def install(app: FastAPI) -> None:
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
+    root = root_path(request)
     page = get_swagger_ui_html(
         openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} - Swagger UI",
@@ -57,7 +59,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    root = request.scope.get("root_path", "")
+    root = root_path(request)
     page = get_redoc_html(
         openapi_url=root + request.app.openapi_url,
         title=f"{request.app.title} - ReDoc",
