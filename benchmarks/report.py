@@ -60,6 +60,8 @@ def row_note(row: Row) -> str:
     if row.error:
         return f"ERROR: {row.error[:120]}"
     notes = []
+    if row.paired_ratio is not None:
+        notes.append(f"x limit: median of {len(row.runs)} rounds' own ratios")
     if row.arrival_ratio is not None:
         notes.append(f"202 at {row.arrival_ratio:.2f}x the last byte's send time")
     if row.slowest_poll_ms is not None:

@@ -24,9 +24,9 @@ What is measured, in this order:
      straight to the service;
   5. S3, after every local row (see `measure_s3` for why): moto started, the s3fs
      `put_file` limit, uploadsvc's blocking and background uploads, recovery, listing;
-  6. one row per other storage backend, each against a fresh emulator: the library's own
-     `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking and background uploads of
-     the same file.
+  6. one row per other storage backend, in rounds, each run against a fresh emulator: the
+     library's own `put_file` (adlfs, gcsfs, sshfs), then uploadsvc's blocking and
+     background uploads of the same file.
 How each row is timed is in scenarios.py, listing.py, recovery.py, processors.py and
 proxy.py; the targets and their reading in targets.py (the processor, worker and nginx rows
 have none: each is reported against its own limit, measured in the same run).
@@ -230,7 +230,7 @@ def upload_rows(bench: Bench, app: str, storage: str, mode: str, src: SourceFile
 
 
 def failed_rows(app: str, storage: str, mode: str, size: int, error: str | None) -> list[Row]:
-    modes = [mode] if mode == "blocking" else ["background 202", "background completed"]
+    modes = ["background 202", "background completed"] if mode == "background" else [mode]
     return [Row(app, storage, m, size, error=error) for m in modes]
 
 
@@ -361,18 +361,47 @@ def measure_s3(
 def measure_backend(bench: Bench, kind: str, src: SourceFile, results: Results) -> None:
     """One storage backend's rows: its library's own put_file, uploadsvc's blocking upload of
     the same file, and its background upload until completed (the job's copy from staging
-    into the store is a path of its own, with its own memory), each against a fresh emulator
-    so none pays for what another left (Azurite collects deleted blocks in the background;
-    fake-gcs-server keeps every object in memory)."""
+    into the store is a path of its own, with its own memory).
+
+    Measured in rounds, one run of each mode per round, each against a fresh emulator (and a
+    fresh server), so none pays for what another left (Azurite collects deleted blocks in the
+    background; fake-gcs-server keeps every object in memory). The emulators' speed drifts
+    here from minute to minute (Azurite's own CPU per GiB was seen from 15 to 23 s), which
+    would fall on whichever row ran at the time: in rounds it falls on the round, and each
+    row's ratio to the limit is the median of the rounds' own ratios. A mode that fails is
+    recorded with its error and left out of the later rounds."""
     limit = f"{LIBRARIES[kind]} put_file"
-    for app, mode in ((limit, "limit"), (UPLOADSVC, "blocking"), (UPLOADSVC, "background")):
-        rows, error = scenarios.attempt(
-            f"{app} {kind} ({EMULATORS[kind]}) {mode} {human_size(src.size)}",
-            partial(backend_rows, bench, kind, app, mode, src),
-        )
-        if mode == "limit":
-            rows = rows or [Row(app, kind, mode, src.size, error=error)]
-        results.rows.extend(rows or failed_rows(app, kind, mode, src.size, error))
+    modes = [(limit, "limit"), (UPLOADSVC, "blocking"), (UPLOADSVC, "background")]
+    rows: dict[str, list[Row]] = {}
+    failed: dict[str, str | None] = {}
+    runs, bench.runs = bench.runs, 1
+    try:
+        for round_number in range(runs):
+            for app, mode in modes:
+                if mode in failed:
+                    continue
+                measured, error = scenarios.attempt(
+                    f"{app} {kind} ({EMULATORS[kind]}) {mode} {human_size(src.size)}, "
+                    f"round {round_number + 1} of {runs}",
+                    partial(backend_rows, bench, kind, app, mode, src),
+                )
+                if not measured:
+                    failed[mode] = error
+                    continue
+                merged = rows.setdefault(mode, [Row(r.app, kind, r.mode, r.size) for r in measured])
+                for row, one in zip(merged, measured, strict=True):
+                    row.absorb(one, round_number)
+    finally:
+        bench.runs = runs
+    for app, mode in modes:
+        if mode in failed:
+            results.rows.extend(failed_rows(app, kind, mode, src.size, failed[mode]))
+            continue
+        for row in rows.get(mode, []):
+            row.summarise()
+            if mode != "limit" and "limit" in rows:
+                row.pair_with(rows["limit"][0])
+            results.rows.append(row)
 
 
 def backend_rows(bench: Bench, kind: str, app: str, mode: str, src: SourceFile) -> list[Row]:

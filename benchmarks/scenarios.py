@@ -104,13 +104,34 @@ class Row:
     store_cpu_s_per_gib: float | None = None  # the emulator's, for app rows on one
     arrival_ratio: float | None = None
     slowest_poll_ms: float | None = None  # background rows: the slowest status request
+    #: Rows measured in rounds with their limit (see `pair_with`): the median of each
+    #: round's own ratio, which a drift of the machine between rounds does not move.
+    paired_ratio: float | None = None
     error: str | None = None
 
     @property
     def ratio(self) -> float | None:
+        if self.paired_ratio is not None:
+            return self.paired_ratio
         if self.mib_s is None or not self.limit_mib_s:
             return None
         return self.mib_s / self.limit_mib_s
+
+    def absorb(self, other: Row, round_number: int) -> None:
+        """Take the runs of `other`, one round of this row measured apart, marked with it."""
+        self.runs.extend({**run, "round": round_number} for run in other.runs)
+        if other.peak_rss_bytes is not None:
+            self.peak_rss_bytes = max(self.peak_rss_bytes or 0, other.peak_rss_bytes)
+
+    def pair_with(self, limit: Row) -> None:
+        """The ratio to `limit` round by round, for rows `absorb`ed in rounds with it."""
+        limit_seconds = {run["round"]: run["seconds"] for run in limit.runs}
+        ratios = [
+            limit_seconds[run["round"]] / run["seconds"]
+            for run in self.runs
+            if run["round"] in limit_seconds
+        ]
+        self.paired_ratio = statistics.median(ratios) if ratios else None
 
     def summarise(self) -> None:
         """Medians over the runs; each run holds seconds, server_cpu_s, client_cpu_s."""
