@@ -183,10 +183,14 @@ class Clients:
         out["process_cpu_s"] = cpu
         return out
 
-    def put(self, store: Store, target: str, path: Path, timeout: float) -> dict[str, Any]:
-        """The store's own library's `put_file`, in a process of its own: the limit."""
+    def put(
+        self, store: Store, target: str, path: Path, timeout: float, warm_up: Path | None = None
+    ) -> dict[str, Any]:
+        """The store's own library's `put_file`, in a process of its own: the limit. With
+        `warm_up`, that file is put (and removed) first, untimed."""
         args = ["put", "--protocol", store.protocol, "--options", json.dumps(store.fs_options)]
-        args += ["--target", target, *(["--makedirs"] if store.makedirs else []), str(path)]
+        args += ["--target", target, *(["--makedirs"] if store.makedirs else [])]
+        args += [*(["--warm-up", str(warm_up)] if warm_up else []), str(path)]
         return self._run_loadgen(f"{store.protocol} put_file", timeout, *args)[0]
 
     def burst(

@@ -329,6 +329,9 @@ def cmd_put(args: argparse.Namespace) -> None:
     fs = fsspec.filesystem(args.protocol, skip_instance_cache=True, **options)
     if args.makedirs:  # sshfs, unlike the object stores, needs the folder to exist
         fs.makedirs(args.target.rsplit("/", 1)[0], exist_ok=True)
+    if args.warm_up:  # the library's first use (sessions, connections), not timed
+        fs.put_file(args.warm_up, f"{args.target}.warm-up")
+        fs.rm_file(f"{args.target}.warm-up")
     cpu0 = cpu_self()
     t0 = time.monotonic()
     fs.put_file(args.file, args.target)
@@ -404,6 +407,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--options", default="{}", help="the filesystem's arguments, as JSON")
     p.add_argument("--target", required=True, help="where to put it, in the library's terms")
     p.add_argument("--makedirs", action="store_true", help="create the target's folder first")
+    p.add_argument("--warm-up", help="a file to put (and remove) first, untimed")
     p.add_argument("file")
     p.set_defaults(func=cmd_put)
 

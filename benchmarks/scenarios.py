@@ -67,6 +67,11 @@ class Bench:
     clients: Clients
     runs: int
     stores: dict[str, Store] = field(default_factory=dict)  # emulators running now, by kind
+    #: When set, every server and every `put_file` process uploads this file once, untimed,
+    #: before its timed runs: rows whose server makes a single timed run would otherwise
+    #: charge it the first use of everything (connections, imports, the emulator's warm-up),
+    #: which a row of three runs spreads thin and the medians hide.
+    warm_up: SourceFile | None = None
     row_counter: int = 0
 
     @property
@@ -245,7 +250,11 @@ def measure_put_file(bench: Bench, store: Store, src: SourceFile) -> Row:
         bench.prepare(src.size)
         cpu0 = store.cpu_seconds()
         out = bench.clients.put(
-            store, store.target(f"limit/{src.size}-{i}.bin"), src.path, upload_timeout(src.size)
+            store,
+            store.target(f"limit/{src.size}-{i}.bin"),
+            src.path,
+            upload_timeout(src.size),
+            warm_up=bench.warm_up.path if bench.warm_up else None,
         )
         if int(out["stored_bytes"]) != src.size:
             raise BenchError(f"{row.app} stored {out['stored_bytes']} bytes of {src.size}")
@@ -417,6 +426,7 @@ def measure_blocking(
     several workers); `figures` adds what it reads to each run's figures."""
     row = Row(app, storage, "blocking", src.size)
     with running_app(bench, app, storage, f"{stem}-{src.size // MiB}", setup) as target:
+        warm_up(bench, target, "/upload-blocking/")
         for _ in range(bench.runs):
             bench.prepare(src.size)
             more = figures(target.server) if figures else None
@@ -448,11 +458,32 @@ def measure_blocking(
     return row
 
 
+def warm_up(bench: Bench, target: AppUnderTest, path: str) -> None:
+    """`bench.warm_up`'s untimed upload to `path`, finished (completed, for a background
+    one) and removed; nothing when the bench has none."""
+    if bench.warm_up is None:
+        return
+    result = bench.clients.upload(
+        target.server.base_url + path, bench.warm_up.path, upload_timeout(bench.warm_up.size)
+    )
+    if result.status not in (201, 202):
+        raise BenchError(f"warm-up upload: HTTP {result.status}: {result.body[:300]}")
+    record = result.json()
+    if result.status == 202:
+        status_path = str(record.get("status_url") or f"/uploads/{record['id']}")
+        _, record, _ = clients.wait_completed(
+            target.server.port, status_path, upload_timeout(bench.warm_up.size)
+        )
+    check_stored(target.name, record, bench.warm_up)
+    target.cleanup(result)
+
+
 def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]:
     """POST /upload-nonblocking/: the 202, then polling until `completed`. Two rows, one server."""
     answer = Row(UPLOADSVC, storage, "background 202", src.size)
     done = Row(UPLOADSVC, storage, "background completed", src.size)
     with running_app(bench, UPLOADSVC, storage, f"background-{src.size // MiB}") as target:
+        warm_up(bench, target, "/upload-nonblocking/")
         port = target.server.port
         for _ in range(bench.runs):
             bench.prepare(src.size)
