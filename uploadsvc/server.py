@@ -15,6 +15,15 @@ adds, per request:
   else 408 `request_timeout`, and the connection is closed;
 - uvicorn's parse errors ("Invalid HTTP request received.") are answered in
   the JSON error shape, 400 `bad_request`;
+- an answer sent before its request body ended (a 413 on the declared length,
+  503 `busy`, 507, 401...) leaves the connection open, and the rest of the body
+  is read and dropped, so the client (or nginx) reads the answer instead of a
+  reset; but the rest must arrive within `[limits] body_timeout_seconds` of the
+  answer, else the connection is closed. (uvicorn stopped its keep-alive timer
+  at the first byte after the answer and armed nothing after: a client sending
+  a byte now and then held the connection forever, and one that sent the rest
+  and went quiet did too.) Once the rest is in, the connection is idle as
+  after any answer: uvicorn's keep-alive timeout applies;
 - on shutdown (SIGTERM), a connection whose request body has sent nothing for
   `STALL_SECONDS` is closed at once, and the others are looked at again each
   second: a stalled client no longer holds the shutdown for its grace period.
@@ -75,7 +84,7 @@ class HttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         settings = _settings_of(self.app)
-        self.header_timeout = (
+        self.body_timeout = (
             settings.limits.body_timeout_seconds if settings else _DEFAULT_HEADER_TIMEOUT
         )
         self._in_headers = False
@@ -84,6 +93,7 @@ class HttpProtocol(HttpToolsProtocol):
         self._header_count = 0
         self._header_deadline: asyncio.TimerHandle | None = None
         self._refusal: ServiceError | None = None
+        self._rest_deadline: asyncio.TimerHandle | None = None
         self._discarding = False
         self._last_read = 0.0
 
@@ -95,6 +105,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        self._disarm_rest_deadline()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -118,6 +129,13 @@ class HttpProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         super().shutdown()
         self._close_if_stalled()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        super().on_response_complete()
+        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+            # Answered before the body ended: the rest is dropped as it comes, in time.
+            self._rest_deadline = self.loop.call_later(self.body_timeout, self._rest_late)
 
     # Parser callbacks.
 
@@ -143,6 +161,17 @@ class HttpProtocol(HttpToolsProtocol):
         self._in_headers = False
         self._disarm_header_deadline()
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        if self._rest_deadline is not None:
+            # The rest of an answered request's body is in: the connection is idle now,
+            # and data_received stopped uvicorn's keep-alive timer; arm it again.
+            self._disarm_rest_deadline()
+            self._unset_keepalive_if_required()
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+        super().on_message_complete()
 
     # Helpers.
 
@@ -187,7 +216,7 @@ class HttpProtocol(HttpToolsProtocol):
 
     def _arm_header_deadline(self) -> None:
         self._disarm_header_deadline()
-        self._header_deadline = self.loop.call_later(self.header_timeout, self._headers_late)
+        self._header_deadline = self.loop.call_later(self.body_timeout, self._headers_late)
 
     def _disarm_header_deadline(self) -> None:
         if self._header_deadline is not None:
@@ -202,10 +231,26 @@ class HttpProtocol(HttpToolsProtocol):
             return
         self._refuse(
             RequestTimeout(
-                f"the request headers did not arrive within {self.header_timeout:g} s "
+                f"the request headers did not arrive within {self.body_timeout:g} s "
                 "([limits] body_timeout_seconds)"
             )
         )
+
+    def _disarm_rest_deadline(self) -> None:
+        if self._rest_deadline is not None:
+            self._rest_deadline.cancel()
+            self._rest_deadline = None
+
+    def _rest_late(self) -> None:
+        self._rest_deadline = None
+        if not self.transport.is_closing():
+            self.logger.info(
+                "closed %s: the rest of an answered request's body did not arrive within "
+                "%g s ([limits] body_timeout_seconds)",
+                self.client,
+                self.body_timeout,
+            )
+            self.transport.close()
 
     def _close_if_stalled(self) -> None:
         """While shutting down: close the connection if its request body stalled."""

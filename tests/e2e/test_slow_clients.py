@@ -84,7 +84,15 @@ def _stalled_upload(
 
 
 def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
-    """Status and JSON body of the answer on `sock` (read to its Content-Length)."""
+    """Status and JSON body of the answer on `sock` (read to its Content-Length); closes it."""
+    try:
+        return _read_answer(sock)
+    finally:
+        sock.close()
+
+
+def _read_answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
+    """Status and JSON body of the answer on `sock`, read to its Content-Length."""
     received = b""
     try:
         while data := sock.recv(65536):
@@ -95,10 +103,69 @@ def _answer(sock: socket.socket) -> tuple[int, dict[str, Any]]:
                 break
     except ConnectionResetError:
         pass
-    finally:
-        sock.close()
     head, _, body = received.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+def _closed_by_server(sock: socket.socket, within: float, trickle: bool = False) -> float | None:
+    """Seconds until the server closes `sock` (None: still open after `within`); with
+    `trickle`, a byte is sent every 0.3 s meanwhile."""
+    started = time.monotonic()
+    sock.settimeout(0.3)
+    while (waited := time.monotonic() - started) < within:
+        try:
+            if trickle:
+                sock.sendall(b"x")
+            if sock.recv(1) == b"":
+                return waited
+        except TimeoutError:
+            continue
+        except OSError:  # reset, or a broken pipe on the trickle
+            return waited
+    return None
+
+
+def _too_large_upload(instance: Instance, length: int) -> socket.socket:
+    """Headers of an upload declaring `length` bytes, and no body yet."""
+    sock = _connect(instance)
+    sock.sendall(
+        f"POST /upload-blocking/ HTTP/1.1\r\nHost: t\r\nContent-Type: {MULTIPART_TYPE}\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def test_the_rest_of_a_body_answered_early_must_come_in_time(serve: Any) -> None:
+    """A 413 on the declared length goes at once, and the connection stays open for
+    the rest of the body (closing on unread input would reset the answer away); but a
+    client sending a byte now and then is closed at `body_timeout_seconds` after the
+    answer (it used to be held for as long as the bytes kept coming)."""
+    instance = serve(body_timeout_seconds=2, max_upload_bytes=1 << 20)
+    sock = _too_large_upload(instance, 64 << 20)
+    try:
+        status, body = _read_answer(sock)
+        assert (status, body["code"]) == (413, "payload_too_large")
+        closed = _closed_by_server(sock, within=8, trickle=True)
+    finally:
+        sock.close()
+    assert closed is not None and 1.5 <= closed < 4, closed
+    assert "did not arrive within 2 s" in instance.log.read_text()
+
+
+def test_a_connection_idle_after_the_rest_of_an_answered_body_is_closed(serve: Any) -> None:
+    """Once the rest has come, the connection is idle like any other and closes at
+    uvicorn's keep-alive timeout (5 s), where it used to stay open for good."""
+    instance = serve(max_upload_bytes=1 << 20)
+    rest = 2 << 20
+    sock = _too_large_upload(instance, rest)
+    try:
+        status, _ = _read_answer(sock)
+        assert status == 413
+        sock.sendall(b"\0" * rest)
+        closed = _closed_by_server(sock, within=12)
+    finally:
+        sock.close()
+    assert closed is not None and closed < 8, closed
 
 
 @pytest.mark.parametrize("sent", [1020 << 10, 2560 << 10], ids=["1020KiB", "2560KiB"])
