@@ -19,7 +19,8 @@ adds, per request:
   503 `busy`, 507, 401...) leaves the connection open, and the rest of the body
   is read and dropped, so the client (or nginx) reads the answer instead of a
   reset; but the rest must arrive within `[limits] body_timeout_seconds` of the
-  answer, else the connection is closed. (uvicorn stopped its keep-alive timer
+  answer (and start within uvicorn's keep-alive timeout of it), else the
+  connection is closed. (uvicorn stopped its keep-alive timer
   at the first byte after the answer and armed nothing after: a client sending
   a byte now and then held the connection forever, and one that sent the rest
   and went quiet did too.) Once the rest is in, the connection is idle as
@@ -131,15 +132,19 @@ class HttpProtocol(HttpToolsProtocol):
         self._close_if_stalled()
 
     def on_response_complete(self) -> None:
-        cycle = self.cycle
+        cycle = self.cycle  # a pipelined request's, once its predecessor's body ended
         super().on_response_complete()
-        if cycle is not None and cycle.more_body and not self.transport.is_closing():
+        answered = cycle is not None and cycle.response_complete
+        if answered and cycle.more_body and not self.transport.is_closing():
             # Answered before the body ended: the rest is dropped as it comes, in time.
+            self._disarm_rest_deadline()
             self._rest_deadline = self.loop.call_later(self.body_timeout, self._rest_late)
 
     # Parser callbacks.
 
     def on_message_begin(self) -> None:
+        # A request that came in the read that ended the last one's body: not idle.
+        self._unset_keepalive_if_required()
         super().on_message_begin()
         self._in_headers = True
         self._header_bytes = self._header_reads = self._header_count = 0
