@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -184,14 +184,47 @@ class Clients:
         return out
 
     def put(
-        self, store: Store, target: str, path: Path, timeout: float, warm_up: Path | None = None
+        self,
+        store: Store,
+        target: str,
+        path: Path,
+        timeout: float,
+        ready: Callable[[], None],
+        warm_up: Path | None = None,
     ) -> dict[str, Any]:
-        """The store's own library's `put_file`, in a process of its own: the limit. With
-        `warm_up`, that file is put (and removed) first, untimed."""
+        """The store's own library's `put_file`, in a process of its own: the limit.
+        `ready` runs just before the timed put; with `warm_up`, that file is put (and
+        removed) first, untimed, by the same process, which then waits for `ready`."""
         args = ["put", "--protocol", store.protocol, "--options", json.dumps(store.fs_options)]
         args += ["--target", target, *(["--makedirs"] if store.makedirs else [])]
-        args += [*(["--warm-up", str(warm_up)] if warm_up else []), str(path)]
-        return self._run_loadgen(f"{store.protocol} put_file", timeout, *args)[0]
+        what = f"{store.protocol} put_file"
+        if warm_up is None:
+            ready()
+            return self._run_loadgen(what, timeout, *args, str(path))[0]
+        argv = self._loadgen(*args, "--warm-up", str(warm_up), "--handshake", str(path))
+        deadline = time.monotonic() + timeout
+        with subprocess.Popen(
+            argv,
+            env=dict(self.env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            assert proc.stdout is not None
+            try:
+                if not select.select([proc.stdout], [], [], timeout)[0]:
+                    raise ClientError(f"{what}: no warm-up within {timeout:g} s")
+                if proc.stdout.readline().strip() != "warm":
+                    raise ClientError(f"{what} failed in its warm-up: {proc.communicate()[1]}")
+                ready()
+                out, err = proc.communicate("go\n", timeout=max(1.0, deadline - time.monotonic()))
+            except BaseException:
+                proc.kill()
+                raise
+        if proc.returncode != 0:
+            raise ClientError(f"{what} failed: {err[-800:]}")
+        return last_json_line(out, what)
 
     def burst(
         self, url: str, count: int, size: int, kill_pid: int | None, timeout: float

@@ -332,6 +332,11 @@ def cmd_put(args: argparse.Namespace) -> None:
     if args.warm_up:  # the library's first use (sessions, connections), not timed
         fs.put_file(args.warm_up, f"{args.target}.warm-up")
         fs.rm_file(f"{args.target}.warm-up")
+    if args.handshake:
+        # The harness prepares the machine and takes its first readings now, as it does
+        # between a server's warm-up and its timed run; any line (or none) says go.
+        print("warm", flush=True)
+        sys.stdin.readline()
     cpu0 = cpu_self()
     t0 = time.monotonic()
     fs.put_file(args.file, args.target)
@@ -408,6 +413,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", required=True, help="where to put it, in the library's terms")
     p.add_argument("--makedirs", action="store_true", help="create the target's folder first")
     p.add_argument("--warm-up", help="a file to put (and remove) first, untimed")
+    p.add_argument(
+        "--handshake", action="store_true", help='say "warm", then wait for a line on stdin'
+    )
     p.add_argument("file")
     p.set_defaults(func=cmd_put)
 

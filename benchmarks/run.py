@@ -373,8 +373,9 @@ def measure_backend(
     background; fake-gcs-server keeps every object in memory). The emulators' speed drifts
     here from minute to minute (Azurite's own CPU per GiB was seen from 15 to 23 s), which
     would fall on whichever row ran at the time: in rounds it falls on the round, and each
-    row's ratio to the limit is the median of the rounds' own ratios. A mode that fails is
-    recorded with its error and left out of the later rounds. Each server, and each put_file
+    row's ratio to the limit is the median of the rounds' own ratios (the modes take turns
+    at going first). A mode that fails is recorded with its error and left out of the later
+    rounds, and with the limit failed no row has a ratio. Each server, and each put_file
     process, uploads `warm_up` once before its timed run (see `Bench.warm_up`)."""
     limit = f"{LIBRARIES[kind]} put_file"
     modes = [(limit, "limit"), (UPLOADSVC, "blocking"), (UPLOADSVC, "background")]
@@ -384,7 +385,8 @@ def measure_backend(
     bench.warm_up = warm_up
     try:
         for round_number in range(runs):
-            for app, mode in modes:
+            turn = round_number % len(modes)  # each mode takes each place in a round in turn
+            for app, mode in modes[turn:] + modes[:turn]:
                 if mode in failed:
                     continue
                 measured, error = scenarios.attempt(
@@ -406,7 +408,7 @@ def measure_backend(
             continue
         for row in rows.get(mode, []):
             row.summarise()
-            if mode != "limit" and "limit" in rows:
+            if mode != "limit" and "limit" in rows and "limit" not in failed:
                 row.pair_with(rows["limit"][0])
             results.rows.append(row)
 
