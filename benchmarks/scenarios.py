@@ -475,12 +475,21 @@ def warm_up(bench: Bench, target: AppUnderTest, path: str) -> None:
         raise BenchError(f"warm-up upload: HTTP {result.status}: {result.body[:300]}")
     record = result.json()
     if result.status == 202:
-        status_path = str(record.get("status_url") or f"/uploads/{record['id']}")
-        _, record, _ = clients.wait_completed(
-            target.server.port, status_path, upload_timeout(bench.warm_up.size)
-        )
+        _, record, _ = completed(target.server.port, record, upload_timeout(bench.warm_up.size))
     check_stored(target.name, record, bench.warm_up)
     target.cleanup(result)
+
+
+def completed(
+    port: int, accepted: Mapping[str, Any], timeout: float
+) -> tuple[float, dict[str, Any], float]:
+    """A background upload's status followed from its 202 until `completed` (see
+    `clients.wait_completed`); `BenchError` if it ends `failed`."""
+    status_path = str(accepted.get("status_url") or f"/uploads/{accepted['id']}")
+    t_done, record, slowest_poll = clients.wait_completed(port, status_path, timeout)
+    if record.get("status") != "completed":
+        raise BenchError(f"background upload failed: {record.get('error')}")
+    return t_done, record, slowest_poll
 
 
 def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]:
@@ -500,14 +509,8 @@ def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]
             cpu_answer = target.server.cpu_seconds() - cpu0
             if result.status != 202:
                 raise BenchError(f"background upload: HTTP {result.status}: {result.body[:300]}")
-            accepted = result.json()
-            status_path = str(accepted.get("status_url") or f"/uploads/{accepted['id']}")
-            t_done, record, slowest_poll = clients.wait_completed(
-                port, status_path, upload_timeout(src.size)
-            )
+            t_done, record, slowest_poll = completed(port, result.json(), upload_timeout(src.size))
             cpu_done = target.server.cpu_seconds() - cpu0
-            if record.get("status") != "completed":
-                raise BenchError(f"background upload failed: {record.get('error')}")
             check_stored(UPLOADSVC, record, src)
             answer.runs.append(
                 {
