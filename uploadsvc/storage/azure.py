@@ -76,7 +76,7 @@ from azure.storage.blob.aio import BlobClient, ContainerClient
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
-from .spill import Spill
+from .spill import PartBuffer, Piece
 
 #: Bytes per staged block. Memory per upload is about BLOCK_BYTES *
 #: (BLOCKS_IN_FLIGHT + 2): the blocks in flight, one filling and one being
@@ -288,8 +288,7 @@ class _AzureWriter(ObjectWriter):
     def __init__(self, storage: AzureStorage, key: str) -> None:
         self._azure = storage
         self._key = key
-        self._blocks: list[bytes] = []
-        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
+        self._buffer = PartBuffer()
         self._buffered = 0
         self._size = 0
         self._block_ids: list[str] = []
@@ -299,28 +298,24 @@ class _AzureWriter(ObjectWriter):
 
     async def write(self, block: bytes) -> None:
         self._check_open()
-        if self._spill:
-            await self._spill.add([block])
-        else:
-            self._blocks.append(block)
+        await self._buffer.add(block)
         self._buffered += len(block)
         self._size += len(block)
         if self._buffered >= BLOCK_BYTES:
             await self._stage_block()
 
     async def idle(self) -> None:
-        if self._blocks and not self._done:
-            blocks, self._blocks = self._blocks, []
-            await self._spill.add(blocks)
+        if not self._done:
+            await self._buffer.idle()
 
     async def commit(self) -> ObjectInfo:
         self._check_open()
         self._committing = True
         options = self._azure.call_options
-        await self._unspill()
+        blocks = await self._buffer.restore()
         if not self._block_ids and self._buffered <= SINGLE_PUT_BYTES:
-            body = b"".join(self._blocks)
-            self._blocks.clear()
+            body = b"".join(blocks)
+            blocks.clear()
             await self._azure.call(
                 self._key,
                 lambda blob: blob.upload_blob(
@@ -344,8 +339,7 @@ class _AzureWriter(ObjectWriter):
         if self._done:
             return
         self._done = True
-        self._blocks.clear()
-        self._spill.discard()
+        self._buffer.discard()
         for future in self._in_flight:
             future.cancel()  # each waits for its request to end (settled)
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -365,22 +359,19 @@ class _AzureWriter(ObjectWriter):
         if self._done:
             raise RuntimeError(f"writer for {self._key} already committed or aborted")
 
-    async def _unspill(self) -> None:
-        if self._spill:
-            self._blocks.insert(0, await self._spill.take())
-
     async def _stage_block(self) -> None:
-        await self._unspill()
+        pieces = await self._buffer.restore()
         if len(self._in_flight) >= BLOCKS_IN_FLIGHT:
             await self._in_flight.popleft()
         # Block ids are base64 of a fixed-width number: Azure wants them all
         # the same length within a blob, and the order is the commit's.
         block_id = f"{len(self._block_ids):06d}"
         self._block_ids.append(block_id)
-        blocks, self._blocks, self._buffered = self._blocks, [], 0
+        blocks, self._buffered = list(pieces), 0
+        pieces.clear()
         self._in_flight.append(asyncio.ensure_future(self._send(block_id, blocks)))
 
-    async def _send(self, block_id: str, blocks: list[bytes]) -> None:
+    async def _send(self, block_id: str, blocks: list[Piece]) -> None:
         options = self._azure.call_options
 
         async def stage(blob: BlobClient) -> None:
@@ -391,7 +382,7 @@ class _AzureWriter(ObjectWriter):
         await self._azure.call(self._key, stage, settle=True)
 
 
-def _joined(blocks: list[bytes]) -> tuple[io.BytesIO, int]:
+def _joined(blocks: list[Piece]) -> tuple[io.BytesIO, int]:
     """The blocks as one body, copied once into a buffer of its own (on the loop thread).
 
     A BytesIO rather than `bytes`: aiohttp streams it to the socket in 64 KiB

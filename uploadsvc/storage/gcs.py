@@ -62,7 +62,7 @@ from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavaila
 from ..offload import on_loop
 from .gcsapi import JSONAPI, HTTPError, Piece, read_block
 from .interface import Ability, ObjectInfo, ObjectWriter, Storage, checked_key
-from .spill import Spill
+from .spill import PartBuffer
 
 #: Bytes per request of a resumable session (the `block_size` option, as for
 #: gcsfs's own files); GCS wants a multiple of 256 KiB. A writer holds about
@@ -270,8 +270,7 @@ class _GCSWriter(ObjectWriter):
         self._gcs = storage
         self._api = storage.api
         self._name = name
-        self._pieces: deque[Piece] = deque()
-        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
+        self._buffer = PartBuffer()
         self._buffered = 0
         self._size = 0
         self._sent = 0  # bytes handed to the session: the next chunk's offset
@@ -284,10 +283,7 @@ class _GCSWriter(ObjectWriter):
         self._refuse_when_done()
         if not block:
             return
-        if self._spill:
-            await self._spill.add([block])
-        else:
-            self._pieces.append(block)
+        await self._buffer.add(block)
         self._buffered += len(block)
         self._size += len(block)
         # Strictly more than a chunk: the last one then goes with the request
@@ -296,14 +292,12 @@ class _GCSWriter(ObjectWriter):
             await self._send_chunk()
 
     async def idle(self) -> None:
-        if self._pieces and not self._done:
-            pieces, self._pieces = list(self._pieces), deque()
-            await self._spill.add(pieces)
+        if not self._done:
+            await self._buffer.idle()
 
     async def commit(self) -> ObjectInfo:
         self._refuse_when_done()
-        await self._unspill()
-        rest = self._take(self._buffered)
+        rest = self._take(await self._buffer.restore(), self._buffered)
         if self._in_flight is None:
             self._may_have_published = True
             resource = await self._gcs.on_fs_loop(
@@ -332,8 +326,7 @@ class _GCSWriter(ObjectWriter):
         if self._done:
             return
         self._done = True
-        self._pieces.clear()
-        self._spill.discard()
+        self._buffer.discard()
         if self._in_flight is not None:
             # A chunk publishes nothing, so it is interrupted, not waited for
             # (a session's start is settled: see `_upload_chunk`).
@@ -360,30 +353,25 @@ class _GCSWriter(ObjectWriter):
         if self._done:
             raise RuntimeError(f"the writer of {self._name} was already committed or aborted")
 
-    def _take(self, size: int) -> list[Piece]:
+    def _take(self, pieces: deque[Piece], size: int) -> list[Piece]:
         """The first `size` buffered bytes, as views of the caller's blocks (no copy)."""
         taken: list[Piece] = []
         wanted = size
         while wanted:
-            piece = self._pieces[0]
+            piece = pieces[0]
             if len(piece) <= wanted:
-                taken.append(self._pieces.popleft())
+                taken.append(pieces.popleft())
                 wanted -= len(piece)
             else:
                 view = memoryview(piece)
                 taken.append(view[:wanted])
-                self._pieces[0] = view[wanted:]
+                pieces[0] = view[wanted:]
                 wanted = 0
         self._buffered -= size
         return taken
 
-    async def _unspill(self) -> None:
-        if self._spill:
-            self._pieces.appendleft(await self._spill.take())
-
     async def _send_chunk(self) -> None:
-        await self._unspill()
-        chunk = self._take(self._gcs.chunk_size)
+        chunk = self._take(await self._buffer.restore(), self._gcs.chunk_size)
         if self._in_flight is not None:
             await self._in_flight  # a session takes its chunks one at a time, in order
         offset, self._sent = self._sent, self._sent + self._gcs.chunk_size

@@ -37,7 +37,7 @@ from s3fs import S3FileSystem
 from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import on_loop
 from .interface import BLOCK_SIZE, Ability, ObjectInfo, ObjectWriter, Storage, checked_key
-from .spill import Spill
+from .spill import PartBuffer
 
 #: S3 parts must be at least 5 MiB (but the last). Memory per upload is about
 #: part size * (PARTS_IN_FLIGHT + 2): the parts in flight, one filling and one
@@ -233,8 +233,7 @@ class _S3Writer(ObjectWriter):
     def __init__(self, storage: S3Storage, object_key: str) -> None:
         self._s3 = storage
         self._key = object_key
-        self._blocks: list[bytes] = []
-        self._spill = Spill()  # the buffer, while the client stalls (see spill.py)
+        self._buffer = PartBuffer()
         self._buffered = 0
         self._size = 0
         self._upload_id: str | None = None
@@ -245,19 +244,15 @@ class _S3Writer(ObjectWriter):
         self._done = False
 
     async def write(self, block: bytes) -> None:
-        if self._spill:
-            await self._spill.add([block])
-        else:
-            self._blocks.append(block)
+        await self._buffer.add(block)
         self._buffered += len(block)
         self._size += len(block)
         if self._buffered >= part_size(len(self._parts) + 1):
             await self._send_part()
 
     async def idle(self) -> None:
-        if self._blocks and not self._done:
-            blocks, self._blocks = self._blocks, []
-            await self._spill.add(blocks)
+        if not self._done:
+            await self._buffer.idle()
 
     async def commit(self) -> ObjectInfo:
         self._committing = True
@@ -283,8 +278,7 @@ class _S3Writer(ObjectWriter):
         if self._done:
             return
         self._done = True
-        self._blocks.clear()
-        self._spill.discard()
+        self._buffer.discard()
         for future in self._in_flight:
             future.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -322,13 +316,12 @@ class _S3Writer(ObjectWriter):
         memory, and aiohttp's `getbuffer()` on it would copy the part again,
         holding every part in flight twice.
         """
-        if self._spill:
-            self._blocks.insert(0, await self._spill.take())
+        blocks = await self._buffer.restore()
         body = io.BytesIO()
-        for block in self._blocks:
+        for block in blocks:
             body.write(block)
         body.seek(0)
-        self._blocks.clear()
+        blocks.clear()
         self._buffered = 0
         return body
 

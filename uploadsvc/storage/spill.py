@@ -1,14 +1,14 @@
-"""Where an object-store writer keeps its part buffer while the client is stalled: on disk.
+"""An object-store writer's part buffer, kept on disk while the client is stalled.
 
 The S3, Azure and GCS writers buffer a whole part before they send it (8, 8
 and 24 MiB by default); a client that stalls just short of a part would pin
 that much memory for as long as it stalls (100 stalled S3 uploads: 87 -> 892
-MiB). When the body stalls (`ObjectWriter.idle`), such a writer moves its
-buffer into a `Spill`, an unnamed temporary file (`tempfile.TemporaryFile`:
-gone with the process, whatever happens); blocks written while it is spilled
-go there too, and the whole is read back only when the part is sent. A
-writer that never stalls never touches it: its cost on the streaming path is
-one check per block.
+MiB). Each keeps its buffer in a `PartBuffer`: when the body stalls
+(`ObjectWriter.idle`), the buffer moves into a `Spill`, an unnamed temporary
+file (`tempfile.TemporaryFile`: gone with the process, whatever happens);
+blocks written while it is spilled go there too, and the whole is read back
+only when the part is sent. A writer that never stalls never touches the
+file: its cost on the streaming path is one check per block.
 
 File calls run in a thread, and a cancelled caller waits for the call to end
 (`outlast_cancellation`), so an abort never closes a file a write still uses.
@@ -18,12 +18,48 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, TypeVar
 
 from ..offload import outlast_cancellation
 
 T = TypeVar("T")
+#: A buffered block, or a view of part of one (a GCS chunk ends mid-block).
+Piece = bytes | memoryview
+
+
+class PartBuffer:
+    """A writer's buffered blocks, in order: in memory (`pieces`), or, from the
+    client's stall (`idle`) until `restore`, on disk."""
+
+    def __init__(self) -> None:
+        self.pieces: deque[Piece] = deque()
+        self._spill = Spill()
+
+    async def add(self, block: Piece) -> None:
+        """Append `block`: after the others on disk while they are there."""
+        if self._spill:
+            await self._spill.add([block])
+        else:
+            self.pieces.append(block)
+
+    async def idle(self) -> None:
+        """The client stalled: what is in memory goes to disk."""
+        if self.pieces:
+            pieces = list(self.pieces)
+            self.pieces.clear()
+            await self._spill.add(pieces)
+
+    async def restore(self) -> deque[Piece]:
+        """Everything in memory again, in order (what was on disk first), to be sent."""
+        if self._spill:
+            self.pieces.appendleft(await self._spill.take())
+        return self.pieces
+
+    def discard(self) -> None:
+        self.pieces.clear()
+        self._spill.discard()
 
 
 class Spill:
