@@ -1,5 +1,5 @@
 """Browser pages: one upload page per path, sharing one look (`base.html`,
-`static/app.css`) and one script (`static/upload.js`).
+`static/app.css`) and one script (`static/app.js`).
 
 The forms post to the API routes. Without JavaScript a browser's post is
 answered with a redirect to the upload's own page (`api._answer`); with it,
@@ -18,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from ..config import Settings
 from ..pipeline import Pipeline
 from ..resources import STATIC_DIR
+from .access import STATIC_PREFIX
 from .templating import templates
 
 # Pages are for people, not API operations: they stay out of the OpenAPI description.
@@ -25,9 +26,9 @@ router = APIRouter(include_in_schema=False)
 
 
 def install(app: FastAPI) -> None:
-    """The pages and their static files (under `/static/`, open: see `access.py`)."""
+    """The pages and their static files (under `STATIC_PREFIX`, which `access.py` opens)."""
     app.include_router(router)
-    app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+    app.mount(STATIC_PREFIX.rstrip("/"), StaticFiles(directory=str(STATIC_DIR)), name="static")
 
 
 @router.get("/", response_class=HTMLResponse, summary="Blocking upload page")
