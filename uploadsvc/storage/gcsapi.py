@@ -26,9 +26,9 @@ import asyncio
 import json
 import random
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
@@ -54,6 +54,29 @@ RESUME = 308
 
 T = TypeVar("T")
 Piece = bytes | memoryview
+
+
+class Source(Protocol):
+    """Bytes to send, read from any offset, as often as a retry needs them: a
+    small object in memory (`InMemory`), or a chunk in a file (spill.Spill)."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, offset: int, size: int) -> Piece:
+        """`size` bytes from `offset`, fewer only at the end."""
+        ...
+
+
+class InMemory:
+    """A `Source` over bytes already in memory: views, never copies."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self.size = len(data)
+
+    async def read(self, offset: int, size: int) -> Piece:
+        return self._data[offset : offset + size]
 
 
 class HTTPError(Exception):
@@ -184,14 +207,14 @@ class JSONAPI:
     # Uploading.
 
     async def upload_whole(
-        self, name: str, pieces: Sequence[Piece], conditions: Mapping[str, str] | None = None
+        self, name: str, source: Source, conditions: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         """One multipart upload: the object appears whole, or not at all."""
         answer = await self.request(
             "POST",
             self.upload_url,
             params={"uploadType": "multipart", **(conditions or {})},
-            body=lambda: multipart_body(name, pieces),
+            body=lambda: multipart_body(name, source),
             idempotent=not conditions,
         )
         return answer.json()
@@ -211,20 +234,20 @@ class JSONAPI:
         return location
 
     async def send_to_session(
-        self, session: str, pieces: Sequence[Piece], offset: int, total: int | None
+        self, session: str, source: Source, offset: int, total: int | None
     ) -> dict[str, Any] | None:
-        """Send `pieces` as bytes `offset...` of a session; with `total`, finalise it.
+        """Send `source` as bytes `offset...` of a session; with `total`, finalise it.
 
         GCS may keep less than it was sent, or lose a request: it then says
         how far it got (`Range`), and the rest is sent again from there.
         Returns the object's resource once finalised, None before.
         """
-        end = offset + sum(len(p) for p in pieces)
+        end = offset + source.size
         persisted = offset
         failures = 0
         while True:
             headers = {"Content-Range": content_range(persisted, end, total)}
-            body = Body(slices(pieces, persisted - offset), end - persisted)
+            body = Body(slices(source, persisted - offset), end - persisted)
             try:
                 answer = await self.exchange("PUT", session, headers=headers, body=body)
                 answer.raise_for_status(also_ok=(RESUME,))
@@ -283,7 +306,7 @@ class Body:
     """A request body sent in slices, its length known up front (no chunked encoding)."""
 
     def __init__(
-        self, parts: Iterable[Piece], length: int, headers: Mapping[str, str] | None = None
+        self, parts: AsyncIterator[Piece], length: int, headers: Mapping[str, str] | None = None
     ) -> None:
         self._parts = parts
         self.headers = {"Content-Length": str(length), **(headers or {})}
@@ -291,14 +314,14 @@ class Body:
     @classmethod
     def of_json(cls, value: Mapping[str, Any]) -> Body:
         data = json.dumps(value).encode()
-        return cls([data], len(data), {"Content-Type": "application/json; charset=UTF-8"})
+        parts = slices(InMemory(data), 0)
+        return cls(parts, len(data), {"Content-Type": "application/json; charset=UTF-8"})
 
-    async def stream(self) -> AsyncIterator[Piece]:
-        for part in self._parts:
-            yield part
+    def stream(self) -> AsyncIterator[Piece]:
+        return self._parts
 
 
-def multipart_body(name: str, pieces: Sequence[Piece]) -> Body:
+def multipart_body(name: str, source: Source) -> Body:
     # A random boundary: the data is arbitrary bytes and must not contain it.
     boundary = f"uploadsvc-{secrets.token_hex(16)}"
     metadata = json.dumps({"name": name, "contentType": "application/octet-stream"})
@@ -307,21 +330,22 @@ def multipart_body(name: str, pieces: Sequence[Piece]) -> Body:
         f"--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n"
     ).encode()
     tail = f"\r\n--{boundary}--\r\n".encode()
-    size = len(head) + sum(len(p) for p in pieces) + len(tail)
-    parts = [head, *slices(pieces, 0), tail]
-    return Body(parts, size, {"Content-Type": f'multipart/related; boundary="{boundary}"'})
+
+    async def parts() -> AsyncIterator[Piece]:
+        yield head
+        async for piece in slices(source, 0):
+            yield piece
+        yield tail
+
+    size = len(head) + source.size + len(tail)
+    return Body(parts(), size, {"Content-Type": f'multipart/related; boundary="{boundary}"'})
 
 
-def slices(pieces: Sequence[Piece], skip: int) -> Iterable[Piece]:
-    """`pieces` from byte `skip` on, as views of at most SEND_SLICE bytes (no copies)."""
-    for piece in pieces:
-        if skip >= len(piece):
-            skip -= len(piece)
-            continue
-        view = memoryview(piece)[skip:]
-        skip = 0
-        for i in range(0, len(view), SEND_SLICE):
-            yield view[i : i + SEND_SLICE]
+async def slices(source: Source, skip: int) -> AsyncIterator[Piece]:
+    """`source` from byte `skip` on, read SEND_SLICE bytes at a time (a file's chunk is
+    never in memory whole; bytes in memory are sent as views, not copies)."""
+    for offset in range(skip, source.size, SEND_SLICE):
+        yield await source.read(offset, min(SEND_SLICE, source.size - offset))
 
 
 def content_range(start: int, end: int, total: int | None) -> str:

@@ -1,14 +1,15 @@
-"""An object-store writer's part buffer, kept on disk while the client is stalled.
+"""Object-store writers' bytes on disk: a part while the client is stalled, or a chunk.
 
-The S3, Azure and GCS writers buffer a whole part before they send it (8, 8
-and 24 MiB by default); a client that stalls just short of a part would pin
-that much memory for as long as it stalls (100 stalled S3 uploads: 87 -> 892
-MiB). Each keeps its buffer in a `PartBuffer`: when the body stalls
+The S3 and Azure writers buffer a whole part before they send it (8 MiB by
+default); a client that stalls just short of a part would pin that much
+memory for as long as it stalls (100 stalled S3 uploads: 87 -> 892 MiB).
+Each keeps its buffer in a `PartBuffer`: when the body stalls
 (`ObjectWriter.idle`), the buffer moves into a `Spill`, an unnamed temporary
 file (`tempfile.TemporaryFile`: gone with the process, whatever happens);
 blocks written while it is spilled go there too, and the whole is read back
 only when the part is sent. A writer that never stalls never touches the
-file: its cost on the streaming path is one check per block.
+file: its cost on the streaming path is one check per block. The GCS writer
+keeps every chunk in a `Spill` and sends it from there (gcs.py).
 
 File calls run in a thread, and a cancelled caller waits for the call to end
 (`outlast_cancellation`), so an abort never closes a file a write still uses.
@@ -17,6 +18,7 @@ File calls run in a thread, and a cancelled caller waits for the call to end
 from __future__ import annotations
 
 import asyncio
+import os
 import tempfile
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -67,6 +69,7 @@ class Spill:
 
     def __init__(self) -> None:
         self._file: IO[bytes] | None = None
+        self.size = 0  # bytes added
 
     def __bool__(self) -> bool:
         return self._file is not None
@@ -80,14 +83,30 @@ class Spill:
                 self._file = tempfile.TemporaryFile(prefix="uploadsvc-spill-")  # noqa: SIM115
             for block in blocks:
                 self._file.write(block)
+            self._file.flush()  # for `read`, which reads the file, not its buffer
 
         await _in_thread(write)
+        self.size += sum(len(block) for block in blocks)
+
+    async def read(self, offset: int, size: int) -> bytes:
+        """`size` bytes from `offset`, of what was added (the file stays)."""
+
+        def read() -> bytes:
+            if self._file is None:
+                raise ValueError("the spill file was taken or discarded")
+            data = os.pread(self._file.fileno(), size, offset)
+            if len(data) < size and offset + len(data) < self.size:
+                raise OSError(f"the spill file ends at {offset + len(data)}, not {self.size}")
+            return data
+
+        return await _in_thread(read)
 
     async def take(self) -> bytes:
         """Everything added, read back; the file is closed (and gone)."""
 
         def read() -> bytes:
             f, self._file = self._file, None
+            self.size = 0
             if f is None:
                 return b""
             with f:
@@ -99,6 +118,7 @@ class Spill:
     def discard(self) -> None:
         """Drop what was added (closing an unnamed temporary file removes it)."""
         f, self._file = self._file, None
+        self.size = 0
         if f is not None:
             f.close()
 
