@@ -47,7 +47,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Self
+from typing import IO, Any, Self, cast
 from urllib.parse import unquote, urlsplit
 
 from ..errors import PreconditionFailed, StorageUnavailable
@@ -55,7 +55,7 @@ from ..shown import shown_url
 from .files import FLUSH_EVERY, RenamingStorage, etag_or_none
 from .interface import Ability
 from .sftplock import ServerLock
-from .sftpremote import WRITE_WINDOW, PartFile, Remote, reason
+from .sftpremote import WRITE_WINDOW, Part, Remote, reason
 
 __all__ = ["CONNECT_DEFAULTS", "WRITE_WINDOW", "SFTPStorage"]
 
@@ -138,9 +138,9 @@ class SFTPStorage(RenamingStorage):
         self.fs.write_small(part, data)
 
     def finish_part(self, f: IO[bytes]) -> None:
-        assert isinstance(f, PartFile)
-        f.flush()
-        f.fsync()
+        part = cast(Part, f)  # what `Remote.open(..., "wb")` returns
+        part.flush()
+        part.fsync()
 
     def sync_folder(self, folder: str) -> None:
         self.fs.fsync_folder(folder)
@@ -149,8 +149,8 @@ class SFTPStorage(RenamingStorage):
         """Every `FLUSH_EVERY` bytes, start an fsync of what the server holds so far,
         without waiting: the disk writes while the upload goes on, and the fsync
         at commit only waits for the tail (as `posix_fadvise` does on the local disk)."""
-        assert isinstance(f, PartFile)
-        return end - start >= FLUSH_EVERY and f.start_writeback()
+        part = cast(Part, f)
+        return end - start >= FLUSH_EVERY and part.start_writeback()
 
     def publish_new(self, part: str, final: str) -> None:
         """A hard link onto an existing name fails atomically: no lock needed."""
@@ -160,8 +160,9 @@ class SFTPStorage(RenamingStorage):
             self.fs.rm_file(part)
 
     async def check(self) -> None:
-        """Connect if need be (the OpenSSH extensions are checked then) and make
-        the folder; every failure is a `StorageUnavailable` naming the URL and why.
+        """Connect if need be (the OpenSSH extensions are checked then), make the
+        folder, and start the path the bytes of uploads take (sftppipe.py); every
+        failure is a `StorageUnavailable` naming the URL and why.
 
         Cheap once connected (one stat): /healthz calls it.
         """
@@ -172,6 +173,12 @@ class SFTPStorage(RenamingStorage):
             except OSError as e:
                 raise StorageUnavailable(
                     f"storage {self.url}: cannot create the folder {self.root}: {reason(e)}"
+                ) from e
+            try:
+                self.fs.bulk.check()  # the bytes of uploads take a path of their own
+            except OSError as e:
+                raise StorageUnavailable(
+                    f"storage {self.url}: cannot open the connection for uploads: {reason(e)}"
                 ) from e
 
         await asyncio.to_thread(make_folder)

@@ -28,19 +28,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import asyncssh
 from sshfs import SSHFileSystem
 
 from ..errors import PreconditionFailed, ServiceError, StorageUnavailable
 from .sftplock import LOCK_FILE
+from .sftppipe import PipeBulk, openssh_command
 
 #: Write requests in flight per object writer: OpenSSH's channel window (2 MiB)
 #: is what can be on the wire anyway, and more only queued in asyncssh's send
@@ -56,6 +58,7 @@ SAFE_WRITE = 16 << 10
 SMALL_READ = 64 << 10
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -202,7 +205,14 @@ class Remote:
     def __init__(self, url: str, host: str, connect: dict[str, Any]) -> None:
         self.url = url
         self.control = _Connection(url, host, connect)
-        self.bulk = _Connection(url, host, connect)
+        self.bulk: PartOpener
+        argv, why_not = openssh_command(host, connect)
+        if argv is None:
+            log.info("storage %s: the bytes of uploads go over asyncssh: %s", url, why_not)
+            self.bulk = _AsyncSSHBulk(_Connection(url, host, connect))
+        else:
+            timeout = float(connect.get("connect_timeout", 10))
+            self.bulk = PipeBulk(url, argv, WRITE_WINDOW, timeout, self.makedirs)
         #: Called before every rename; the lock uses it to refuse a late one.
         self.before_rename: Callable[[], None] = lambda: None
 
@@ -211,13 +221,9 @@ class Remote:
 
     # What RenamingStorage uses of an fsspec filesystem.
 
-    def open(self, path: str, mode: str = "rb") -> PartFile | _Reader:
+    def open(self, path: str, mode: str = "rb") -> Part | _Reader:
         if mode == "wb":
-            return self.bulk.call(
-                lambda s: PartFile(
-                    self.bulk, s, path, s.run(_new_file(s.sftp, path, "wb", block_size=0))
-                )
-            )
+            return self.bulk.open(path)
         if mode == "rb":
             return self.call(lambda s: _Reader(self.control, s, s.run(s.sftp.open(path, "rb"))))
         raise ValueError(f"unsupported mode {mode!r}")
@@ -351,6 +357,58 @@ class Remote:
                 await _fsync(f)  # a failing fsync is an error, not a shrug
 
         self.call(lambda s: s.run(fsync(s.sftp)))
+
+
+class Part(Protocol):
+    """A part file being written: `PartFile` here, or `sftppipe.PipeFile` over `ssh`."""
+
+    def write(self, block: bytes) -> int: ...
+
+    def flush(self) -> None:
+        """Wait for the writes in flight; an error of one surfaces here."""
+
+    def start_writeback(self) -> bool:
+        """Start an fsync of the bytes the server has; False while the last one runs."""
+        ...
+
+    def fsync(self) -> None:
+        """Make every byte written durable."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class PartOpener(Protocol):
+    """Where the bytes of uploads go: `sftppipe.PipeBulk` (OpenSSH's `ssh`) when
+    the options allow, else `_AsyncSSHBulk`."""
+
+    def open(self, path: str) -> Part:
+        """A part file at `path`: truncated if it exists, its folder made if missing."""
+        ...
+
+    def check(self) -> None:
+        """Connect if need be: start-up and /healthz see a path that cannot work."""
+
+
+class _AsyncSSHBulk:
+    """Part files on an asyncssh connection of their own, in this process."""
+
+    def __init__(self, connection: _Connection) -> None:
+        self._connection = connection
+
+    def open(self, path: str) -> PartFile:
+        def part(s: _Session) -> PartFile:
+            return PartFile(
+                self._connection, s, path, s.run(_new_file(s.sftp, path, "wb", block_size=0))
+            )
+
+        return self._connection.call(part)
+
+    def check(self) -> None:
+        self._connection.session()
 
 
 class PartFile:
