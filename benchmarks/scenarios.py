@@ -4,7 +4,8 @@ library's `put_file` into its emulator), single uploads, 64 small uploads at onc
 of their own (listing.py, recovery.py) built on the servers and roots made here.
 
 Rules every row follows, so rows can be compared:
-  * a fresh server process per row, so its VmHWM (peak RSS) belongs to that row alone;
+  * a fresh server process per row, so its VmHWM (peak RSS) belongs to that row alone; an upload
+    row's peak RSS adds the peaks of the server's processes (the SFTP backend's `ssh` too);
   * memory prefaulted and dirty pages flushed before every timed run (see workspace.py);
   * each figure is the median over the runs (3, or 1 with --quick);
   * what the server stored is checked (size, and sha256 where the server reports one), because
@@ -458,7 +459,7 @@ def measure_blocking(
                 }
             )
             target.cleanup(result)
-        row.peak_rss_bytes = target.server.peak_rss_bytes()
+        row.peak_rss_bytes = target.server.total_peak_rss_bytes()
     row.summarise()
     return row
 
@@ -534,7 +535,7 @@ def measure_background(bench: Bench, storage: str, src: SourceFile) -> list[Row]
                 }
             )
             target.cleanup(result)
-        answer.peak_rss_bytes = done.peak_rss_bytes = target.server.peak_rss_bytes()
+        answer.peak_rss_bytes = done.peak_rss_bytes = target.server.total_peak_rss_bytes()
     answer.summarise()
     done.summarise()
     return [answer, done]
