@@ -60,9 +60,7 @@ async def on_loop(
     `settle`d: a cancelled caller first lets it finish (a part upload or a
     commit still on the wire would otherwise land after the clean-up that
     follows, and stay), for up to `SETTLE_LIMIT`; only a call that outlasts
-    that is cancelled too. Either way the caller goes on once the call has
-    ended (or after `SETTLE_LIMIT` more), as `outlast_cancellation` does:
-    a chunk read from a file must not be read while the caller removes it.
+    that is cancelled too.
     """
     call = _RemoteCall(coro)
     future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(call.run(), loop))
@@ -73,7 +71,6 @@ async def on_loop(
             await asyncio.wait([future], timeout=SETTLE_LIMIT)
         if not future.done():
             call.abandon(loop)
-            await asyncio.wait([future], timeout=SETTLE_LIMIT)
         future.add_done_callback(_retrieve)
         raise
 

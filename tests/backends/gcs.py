@@ -102,8 +102,8 @@ class GCSBackend(Backend):
     prefix: str = "uploads/"
     #: The emulator itself (the options' endpoint may be a proxy, or dead).
     server: str = ""
-    # The chunk uploading and the one filling, plus the slice in the socket.
-    writer_memory: int | None = 2 * CHUNK + SEND_SLICE
+    # Chunks are files: the slice read, and the one in the socket.
+    writer_memory: int | None = 2 * SEND_SLICE
 
     def contents(self) -> list[str]:
         return sorted(name.removeprefix(self.prefix) for name in _names(self.server, self.bucket))

@@ -121,6 +121,47 @@ def test_default_chunks_publish_exact_bytes(
     assert defaults.contents() == ["obj"]
 
 
+MIB = 1 << 20
+
+
+@pytest.mark.parametrize(
+    "sizes",
+    [
+        [3 * MIB + 17] * 5,  # blocks that straddle the chunks' edges
+        [9 * MIB],  # one block over more than two chunks
+        [4 * MIB, 0, 4 * MIB],  # exactly two chunks, an empty write between
+        [8 * MIB, 1],  # two whole chunks in one block, then one byte
+    ],
+    ids=["straddling", "spanning", "exact-with-empty", "exact-then-one"],
+)
+def test_chunks_cut_blocks_at_their_edges_and_the_last_request_is_never_empty(
+    backend: GCSBackend, sent: list[Sent], sizes: list[int]
+) -> None:
+    """Every chunk is `block_size` bytes at the offset the ones before it reached,
+    and the request that finalises carries bytes (GCS refuses an empty one after
+    a full chunk)."""
+    chunk = backend.options["block_size"]
+    parts = [os.urandom(n) for n in sizes]
+    total = sum(sizes)
+
+    async def scenario() -> bytes:
+        storage = backend.storage()
+        async with storage.create("obj") as writer:
+            for part in parts:
+                await writer.write(part)
+            assert (await writer.commit()).size == total
+        return await read_all(storage, "obj")
+
+    assert asyncio.run(scenario()) == b"".join(parts)
+    ranges = [s.headers["Content-Range"] for s in sent if s.method == "PUT"]
+    full, last = divmod(total, chunk)
+    if not last:
+        full, last = full - 1, chunk
+    expected = [f"bytes {i * chunk}-{(i + 1) * chunk - 1}/*" for i in range(full)]
+    expected.append(f"bytes {full * chunk}-{total - 1}/{total}")
+    assert ranges == expected
+
+
 def test_abort_cancels_the_session(backend: GCSBackend, sent: list[Sent]) -> None:
     chunk = backend.options["block_size"]
 
@@ -304,8 +345,10 @@ def test_a_chunk_the_store_kept_part_of_is_sent_again_from_there(
 
     async def scenario() -> None:
         chunk = await in_a_file(data)
-        await storage.api.send_to_session("uri", chunk, MIB, None)
-        chunk.discard()
+        try:
+            await storage.api.send_to_session("uri", chunk, MIB, None)
+        finally:
+            chunk.discard()
 
     asyncio.run(scenario())
     assert [(h["Content-Range"], n) for _, h, n in script.requests] == [

@@ -328,12 +328,12 @@ class _GCSWriter(ObjectWriter):
         if self._done:
             return
         self._done = True
+        self._filling.discard()
         if self._in_flight is not None:
             # A chunk publishes nothing, so it is interrupted, not waited for
             # (a session's start is settled: see `_upload_chunk`).
             self._in_flight.cancel()
             await asyncio.gather(self._in_flight, return_exceptions=True)
-        self._filling.discard()
         try:
             await self._clean_up()
         except ServiceError as e:
@@ -373,7 +373,7 @@ class _GCSWriter(ObjectWriter):
                 self._api.send_to_session(self._session, chunk, offset, None), absent="bucket"
             )
         finally:
-            chunk.discard()  # after the call has ended, even cancelled (`on_loop`)
+            chunk.discard()  # a read still running on gcsfs's loop closes it (spill.py)
 
     async def _start_session(self) -> None:
         # Kept as soon as it exists, here on gcsfs's loop: a cancelled caller

@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import IO, TypeVar
 
-from ..offload import outlast_cancellation
+from ..offload import BULK, outlast_cancellation
 
 T = TypeVar("T")
-#: A buffered block, or a view of part of one (a GCS chunk ends mid-block).
+#: A buffered block, or a view of part of one.
 Piece = bytes | memoryview
 
 
@@ -65,11 +66,21 @@ class PartBuffer:
 
 
 class Spill:
-    """Blocks in a temporary file, in order; empty (and no file) until `add`."""
+    """Blocks in a temporary file, in order; empty (and no file) until `add`.
+
+    `add`, `take` and `discard` come from one event loop, one at a time;
+    `read` may come from another (gcsfs's, sending a GCS chunk) while this
+    one discards the file: the file then stays open until that read ends,
+    and the read closes it, so no read ever uses a closed (or reused) file
+    descriptor.
+    """
 
     def __init__(self) -> None:
         self._file: IO[bytes] | None = None
         self.size = 0  # bytes added
+        self._lock = threading.Lock()  # `read`'s thread against `discard`
+        self._reading = 0
+        self._closing: IO[bytes] | None = None  # discarded while read
 
     def __bool__(self) -> bool:
         return self._file is not None
@@ -92,9 +103,21 @@ class Spill:
         """`size` bytes from `offset`, of what was added (the file stays)."""
 
         def read() -> bytes:
-            if self._file is None:
-                raise ValueError("the spill file was taken or discarded")
-            data = os.pread(self._file.fileno(), size, offset)
+            with self._lock:
+                f = self._file
+                if f is None:
+                    raise ValueError("the spill file was taken or discarded")
+                self._reading += 1
+            try:
+                data = os.pread(f.fileno(), size, offset)
+            finally:
+                with self._lock:
+                    self._reading -= 1
+                    orphan = self._closing if not self._reading else None
+                    if orphan is not None:
+                        self._closing = None
+                if orphan is not None:
+                    orphan.close()  # `discard` left it to the last read
             if len(data) < size and offset + len(data) < self.size:
                 raise OSError(f"the spill file ends at {offset + len(data)}, not {self.size}")
             return data
@@ -116,12 +139,19 @@ class Spill:
         return await _in_thread(read)
 
     def discard(self) -> None:
-        """Drop what was added (closing an unnamed temporary file removes it)."""
-        f, self._file = self._file, None
-        self.size = 0
+        """Drop what was added (closing an unnamed temporary file removes it); a
+        read still running closes it when it ends."""
+        with self._lock:
+            f, self._file = self._file, None
+            self.size = 0
+            if f is not None and self._reading:
+                self._closing, f = f, None
         if f is not None:
             f.close()
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
-    return await outlast_cancellation(asyncio.ensure_future(asyncio.to_thread(fn)))
+    """`fn()` in the BULK pool (file calls of every upload: not the default pool,
+    which short calls need), outlasting a cancelled caller."""
+    call = asyncio.get_running_loop().run_in_executor(BULK, fn)
+    return await outlast_cancellation(call)
