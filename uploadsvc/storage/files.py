@@ -298,10 +298,13 @@ class _FileWriter(ObjectWriter):
     def _abort_sync(self) -> None:
         if not self._opened:
             return  # there is no part file
+        f, self._file = self._file, None
+        if f is not None:
+            try:
+                f.close()
+            except OSError as e:  # a connection gone with the upload, say
+                log.warning("could not close %s: %s", self._part, e)
         try:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
             rm_quietly(self._storage.fs, self._part)
             if self._committing:
                 # The rename may have happened before the commit failed (at the

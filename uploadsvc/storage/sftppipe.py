@@ -271,10 +271,9 @@ class PipeFile:
                 self._writeback.result()
         try:
             if self._behind is not None:
-                session, handle = self._behind
-                _status(session.request(_CLOSE, _string(handle)).result())
+                _close_handle(*self._behind)
         finally:
-            _status(self._session.request(_CLOSE, _string(self._handle)).result())
+            _close_handle(self._session, self._handle)
 
     def __enter__(self) -> Self:
         return self
@@ -296,6 +295,15 @@ class PipeFile:
             answer, size = self._unanswered.popleft()
             self._bytes_unanswered -= size
             _status(answer.result())
+
+
+def _close_handle(session: _Session, handle: bytes) -> None:
+    """Close `handle`; quietly when its session has ended, which closed it already."""
+    try:
+        _status(session.request(_CLOSE, _string(handle)).result())
+    except OSError:
+        if not session.ended:
+            raise  # the server refused
 
 
 class _Session:
