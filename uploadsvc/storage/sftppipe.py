@@ -34,6 +34,7 @@ import contextlib
 import fcntl
 import itertools
 import logging
+import math
 import os
 import shutil
 import struct
@@ -112,7 +113,7 @@ def openssh_command(host: str, connect: dict[str, Any]) -> tuple[list[str] | Non
     elif known == ():  # asyncssh's default, and ssh's: ~/.ssh/known_hosts
         argv += ["-o", "StrictHostKeyChecking=yes"]
     elif _paths(known):
-        files = [known] if isinstance(known, str) else list(known)
+        files = ([known] if isinstance(known, str) else list(known)) or ["/dev/null"]
         argv += ["-o", "StrictHostKeyChecking=yes"]
         argv += ["-o", "UserKnownHostsFile=" + " ".join(_quoted(f) for f in files)]
     else:
@@ -123,7 +124,8 @@ def openssh_command(host: str, connect: dict[str, Any]) -> tuple[list[str] | Non
         ("keepalive_count_max", "ServerAliveCountMax"),
     ):
         if option in connect:
-            argv += ["-o", f"{name}={int(connect[option])}"]
+            # Whole numbers for ssh; never 0, which means "no bound" to some.
+            argv += ["-o", f"{name}={max(1, math.ceil(float(connect[option])))}"]
     ciphers = connect.get("encryption_algs")
     if ciphers is not None:
         if not _paths(ciphers):
@@ -320,6 +322,7 @@ class _Session:
         self._waiting: dict[int, Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._why_ended = "ssh ended"
+        self._gone = threading.Event()  # set once the reader knows why
         self._closer = weakref.finalize(self, _close_quietly, requests)
         self.stderr: deque[str] = deque(maxlen=_STDERR_LINES)
 
@@ -401,8 +404,11 @@ class _Session:
                     _write_all(self._requests, data)
             except OSError:
                 del self._waiting[number]
-                raise OSError(self._why_ended) from None
-        return future
+            else:
+                return future
+        # `ssh` went away: give the reader (bounded) the time to learn why.
+        self._gone.wait(_HANDSHAKE_EXTRA)
+        raise OSError(self._why_ended)
 
     def answer(self, number: int, reply: bytes) -> None:
         with self._sending:
@@ -416,6 +422,7 @@ class _Session:
             self.ended = True
             self._why_ended = why
             waiting, self._waiting = self._waiting, {}
+        self._gone.set()
         for future in waiting.values():
             future.set_exception(OSError(why))
 
@@ -446,6 +453,7 @@ def _read_replies(
             # VERSION carries no id: it answers INIT, request 0.
             number = 0 if reply[0] == _VERSION else _U32.unpack_from(reply, 1)[0]
             running.answer(number, reply)
+            del running  # not held while blocked: the session must be free to go
     except (OSError, struct.error) as e:
         why = f"reading its replies failed: {e}"
     finally:
@@ -471,6 +479,7 @@ def _read_stderr(proc: subprocess.Popen[bytes], session: Callable[[], _Session |
             if line and running is not None:
                 running.stderr.append(line)
                 log.warning("ssh (pid %d) for %s: %s", proc.pid, running.url, line)
+            del running  # not held while blocked: the session must be free to go
 
 
 def _extensions(reply: bytes) -> set[bytes]:

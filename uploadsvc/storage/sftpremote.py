@@ -209,7 +209,7 @@ class Remote:
         argv, why_not = openssh_command(host, connect)
         if argv is None:
             log.info("storage %s: the bytes of uploads go over asyncssh: %s", url, why_not)
-            self.bulk = _AsyncSSHBulk(_Connection(url, host, connect))
+            self.bulk = AsyncSSHBulk(_Connection(url, host, connect))
         else:
             timeout = float(connect.get("connect_timeout", 10))
             self.bulk = PipeBulk(url, argv, WRITE_WINDOW, timeout, self.makedirs)
@@ -383,7 +383,7 @@ class Part(Protocol):
 
 class PartOpener(Protocol):
     """Where the bytes of uploads go: `sftppipe.PipeBulk` (OpenSSH's `ssh`) when
-    the options allow, else `_AsyncSSHBulk`."""
+    the options allow, else `AsyncSSHBulk`."""
 
     def open(self, path: str) -> Part:
         """A part file at `path`: truncated if it exists, its folder made if missing."""
@@ -393,7 +393,7 @@ class PartOpener(Protocol):
         """Connect if need be: start-up and /healthz see a path that cannot work."""
 
 
-class _AsyncSSHBulk:
+class AsyncSSHBulk:
     """Part files on an asyncssh connection of their own, in this process."""
 
     def __init__(self, connection: _Connection) -> None:
