@@ -139,7 +139,7 @@ def test_every_mapped_option_becomes_its_ssh_equivalent() -> None:
     )
     assert argv is not None, why
     assert why == ""
-    assert argv[-2:] == ["files.example.org", "sftp"]  # the host, then the subsystem
+    assert argv[-3:] == ["--", "files.example.org", "sftp"]  # the host, then the subsystem
     assert "-s" in argv
     assert flag(argv, "-p") == ["2222"]
     assert flag(argv, "-l") == ["uploads"]
@@ -154,8 +154,58 @@ def test_every_mapped_option_becomes_its_ssh_equivalent() -> None:
         "ServerAliveInterval=11",
         "ServerAliveCountMax=4",
         "Ciphers=aes128-gcm@openssh.com,aes256-ctr",
+        "GlobalKnownHostsFile=/dev/null",  # the files given, and only those
+        # Whatever ~/.ssh/config says: no master, no local command, no forwarding.
+        "ControlMaster=no",
+        "ControlPath=none",
+        "PermitLocalCommand=no",
+        "ClearAllForwardings=yes",
+        "UpdateHostKeys=no",
     ):
         assert expected in options, (expected, argv)
+
+
+@pytest.mark.parametrize(
+    ("connect", "reason"),
+    [
+        ({"client_keys": ["/keys/100%.key"]}, "client_keys"),  # ssh expands %-tokens
+        ({"known_hosts": "/etc/it's/known_hosts"}, "known_hosts"),
+        ({"known_hosts": "/etc/a\tb"}, "known_hosts"),
+        ({"username": "-oProxyCommand=x"}, "user name"),
+        ({"username": "o'brien"}, "user name"),
+        ({"connect_timeout": "30s"}, "connect_timeout"),  # asyncssh's time strings
+        ({"keepalive_interval": True}, "keepalive_interval"),
+    ],
+)
+def test_names_and_values_ssh_would_misread_stay_with_asyncssh(
+    connect: dict[str, Any], reason: str
+) -> None:
+    argv, why = openssh_command("files.example.org", connect)
+    assert argv is None and reason in why, (argv, why)
+
+
+def test_a_host_that_looks_like_an_option_stays_with_asyncssh() -> None:
+    argv, why = openssh_command("-oProxyCommand=touch /tmp/x", {})
+    assert argv is None and "host" in why
+
+
+def test_zero_means_no_bound_as_in_asyncssh() -> None:
+    """asyncssh takes 0 as "no timeout" and "no keepalive": ssh's defaults, not 1 s."""
+    argv, why = openssh_command("h", {"connect_timeout": 0, "keepalive_interval": 0})
+    assert argv is not None, why
+    options = option_values(argv)
+    assert not [o for o in options if o.startswith(("ConnectTimeout", "ServerAliveInterval"))]
+    argv, why = openssh_command("h", {"connect_timeout": 0.2})
+    assert argv is not None and "ConnectTimeout=1" in option_values(argv)
+
+
+def test_an_empty_known_hosts_is_the_default_as_in_asyncssh() -> None:
+    for empty in ([], ""):
+        argv, why = openssh_command("h", {"known_hosts": empty})
+        assert argv is not None, why
+        options = option_values(argv)
+        assert "StrictHostKeyChecking=yes" in options
+        assert not [o for o in options if o.startswith("UserKnownHostsFile")]
 
 
 def test_lists_of_keys_and_known_hosts_files_are_all_passed() -> None:
@@ -246,12 +296,17 @@ def test_without_ssh_installed_the_bytes_go_over_asyncssh(
 
 
 def test_uploads_go_over_ssh_and_arrive_exact(server: SFTPBackend) -> None:
-    """Past FLUSH_EVERY, so the writeback's fsyncs take the second ssh session too."""
+    """Past FLUSH_EVERY, so the writeback's fsyncs go over the second ssh session;
+    the commit fsyncs the file and then its folder."""
     data = os.urandom(FLUSH_EVERY + 3 * BLOCK_SIZE + 17)
+    folders: list[str] = []
 
     async def scenario(storage: SFTPStorage) -> tuple[set[int], set[int], bytes]:
         bulk = pipe_of(storage)
+        fsync_folder = storage.fs.fsync_folder
+        storage.fs.fsync_folder = lambda folder: (folders.append(folder), fsync_folder(folder))[1]
         before = ssh_children()
+        await asyncio.to_thread(bulk.session, "fsyncs")  # running: the writeback uses it
         await upload(storage, "obj", data)
         started = ssh_children() - before
         sessions = {bulk.session("writes").pid, bulk.session("fsyncs").pid}
@@ -259,10 +314,22 @@ def test_uploads_go_over_ssh_and_arrive_exact(server: SFTPBackend) -> None:
 
     started, sessions, back = run(scenario, server)
     assert len(sessions) == 2
-    assert sessions <= started, "the upload did not go over the ssh sessions"
+    assert sessions == started, "the upload did not go over the ssh sessions"
     assert digest(back) == digest(data)
     assert digest((server.folder / "obj").read_bytes()) == digest(data)
     assert server.contents() == ["obj"]  # no .part left
+    assert folders == [str(server.folder)]  # the rename made durable
+
+
+def test_without_a_session_for_the_fsyncs_an_upload_still_commits(
+    server: SFTPBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writeback is skipped, never waited for; the commit's own fsync holds."""
+    monkeypatch.setattr(PipeBulk, "running", lambda self, purpose: None)
+    data = os.urandom(FLUSH_EVERY + 2 * BLOCK_SIZE)
+    run(lambda storage: upload(storage, "obj", data), server)
+    assert digest((server.folder / "obj").read_bytes()) == digest(data)
+    assert server.contents() == ["obj"]
 
 
 def test_check_starts_the_ssh_session(server: SFTPBackend) -> None:

@@ -32,7 +32,7 @@ from typing import IO, Any, Self, TypeVar
 import fsspec
 from fsspec import AbstractFileSystem
 
-from ..errors import NotFound, PreconditionFailed, StorageUnavailable
+from ..errors import NotFound, PreconditionFailed, ServiceError, StorageUnavailable
 from ..offload import Lane, outlast_cancellation
 from .interface import ObjectInfo, ObjectWriter, Storage, checked_key, read_blocks
 
@@ -85,7 +85,7 @@ class RenamingStorage(Storage):
     def finish_part(self, f: IO[bytes]) -> None:
         """Make a written part file durable before it is renamed (default: nothing to do)."""
 
-    def syncfolder_of(self, folder: str) -> None:
+    def sync_folder(self, folder: str) -> None:
         """Make a rename in `folder` durable (default: nothing to do)."""
 
     def written(self, f: IO[bytes], start: int, end: int) -> bool:
@@ -203,7 +203,7 @@ class RenamingStorage(Storage):
             except BaseException:
                 rm_quietly(self.fs, part)
                 raise
-            self.syncfolder_of(folder_of(final))
+            self.sync_folder(folder_of(final))
             return _etag(data)
 
         return await self._run(put)
@@ -293,7 +293,7 @@ class _FileWriter(ObjectWriter):
         f.close()
         self._file = None
         self._storage.fs.mv(self._part, self._final)
-        self._storage.syncfolder_of(folder_of(self._final))
+        self._storage.sync_folder(folder_of(self._final))
 
     def _abort_sync(self) -> None:
         if not self._opened:
@@ -302,7 +302,7 @@ class _FileWriter(ObjectWriter):
         if f is not None:
             try:
                 f.close()
-            except OSError as e:  # a connection gone with the upload, say
+            except (OSError, ServiceError) as e:  # a connection gone with the upload, say
                 log.warning("could not close %s: %s", self._part, e)
         try:
             rm_quietly(self._storage.fs, self._part)
@@ -310,7 +310,7 @@ class _FileWriter(ObjectWriter):
                 # The rename may have happened before the commit failed (at the
                 # folder fsync): the key is this upload's own, so remove it.
                 rm_quietly(self._storage.fs, self._final)
-        except OSError as e:
+        except (OSError, ServiceError) as e:  # a store that cannot be reached, say
             # Abort runs while another error is propagating: report, don't mask it.
             log.warning("could not remove %s: %s", self._part, e)
 

@@ -86,7 +86,7 @@ class LocalStorage(RenamingStorage):
         f.flush()
         os.fsync(f.fileno())
 
-    def syncfolder_of(self, folder: str) -> None:
+    def sync_folder(self, folder: str) -> None:
         fsync_path(folder)
 
     def written(self, f: IO[bytes], start: int, end: int) -> bool:

@@ -40,6 +40,7 @@ import shutil
 import struct
 import subprocess
 import threading
+import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -66,6 +67,11 @@ _PIPE_SIZE = 1 << 20
 _HANDSHAKE_EXTRA = 10.0
 #: Lines of `ssh`'s stderr kept to explain its end.
 _STDERR_LINES = 5
+#: A WRITE request's bytes besides its data (type, id, handle, offset, length).
+_WRITE_OVERHEAD = 1024
+#: No reply here is larger (OpenSSH's own bound on SFTP packets is 256 KiB):
+#: anything else means `ssh`'s stdout carries something other than SFTP.
+_MAX_REPLY = 256 << 10
 
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
@@ -84,6 +90,18 @@ _MAPPED = frozenset(
         "encryption_algs",
     }
 )
+#: Whatever the user's ssh_config says, these sessions are plain ones: no
+#: multiplexing (a master would outlive the service), no local command (its
+#: output would land in the SFTP replies), no forwardings, a stdin that is
+#: read, and no rewriting of known_hosts files (asyncssh never does).
+_PLAIN = [
+    *("-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ControlMaster=no"),
+    *("-o", "ControlPath=none", "-o", "PermitLocalCommand=no", "-o", "ClearAllForwardings=yes"),
+    *("-o", "StdinNull=no", "-o", "UpdateHostKeys=no"),
+]
+#: What ssh would expand or split in a file name or a user name (tokens, quotes,
+#: `~`-less whitespace): such names stay with asyncssh, which takes them as given.
+_SPECIAL = frozenset("'\"\\%#\t\n\r{")
 
 
 def openssh_command(host: str, connect: dict[str, Any]) -> tuple[list[str] | None, str]:
@@ -94,56 +112,71 @@ def openssh_command(host: str, connect: dict[str, Any]) -> tuple[list[str] | Non
     unmapped = sorted(set(connect) - _MAPPED)
     if unmapped:
         return None, f"ssh has no equivalent of {', '.join(unmapped)}"
-    argv = [program, "-s", "-T", "-x", "-a", "-e", "none", "-o", "BatchMode=yes"]
-    argv += ["-o", "LogLevel=ERROR"]
+    if host.startswith("-") or _special(host):
+        return None, "ssh would misread the host name"
+    argv = [program, "-s", "-T", "-x", "-a", "-e", "none", *_PLAIN]
     if "port" in connect:
         argv += ["-p", str(int(connect["port"]))]
     if "username" in connect:
-        argv += ["-l", str(connect["username"])]
+        user = connect["username"]
+        if not isinstance(user, str) or user.startswith("-") or _special(user):
+            return None, "ssh would refuse or misread the user name"
+        argv += ["-l", user]
     keys = connect.get("client_keys")
     if keys is not None:
-        if not _paths(keys):
-            return None, "client_keys must be file names for ssh"
+        if not _names(keys):
+            return None, "client_keys must be plain file names for ssh"
         for key in [keys] if isinstance(keys, str) else keys:
             argv += ["-i", key]
         argv += ["-o", "IdentitiesOnly=yes"]
     known = connect.get("known_hosts", ())
     if known is None:  # asyncssh's "trust any server"
         argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-    elif known == ():  # asyncssh's default, and ssh's: ~/.ssh/known_hosts
+        argv += ["-o", "GlobalKnownHostsFile=/dev/null"]
+    elif not known:  # asyncssh's default (any empty value), and ssh's: ~/.ssh/known_hosts
         argv += ["-o", "StrictHostKeyChecking=yes"]
-    elif _paths(known):
-        files = ([known] if isinstance(known, str) else list(known)) or ["/dev/null"]
-        argv += ["-o", "StrictHostKeyChecking=yes"]
+    elif _names(known):
+        files = [known] if isinstance(known, str) else list(known)
+        argv += ["-o", "StrictHostKeyChecking=yes", "-o", "GlobalKnownHostsFile=/dev/null"]
         argv += ["-o", "UserKnownHostsFile=" + " ".join(_quoted(f) for f in files)]
     else:
-        return None, "known_hosts must be file names for ssh"
+        return None, "known_hosts must be plain file names for ssh"
     for option, name in (
         ("connect_timeout", "ConnectTimeout"),
         ("keepalive_interval", "ServerAliveInterval"),
         ("keepalive_count_max", "ServerAliveCountMax"),
     ):
-        if option in connect:
-            # Whole numbers for ssh; never 0, which means "no bound" to some.
-            argv += ["-o", f"{name}={max(1, math.ceil(float(connect[option])))}"]
+        value = connect.get(option)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            return None, f"{option} is not a number of seconds ssh can take"
+        if value:  # 0: none (asyncssh's meaning), which is ssh's default too
+            argv += ["-o", f"{name}={max(1, math.ceil(value))}"]
     ciphers = connect.get("encryption_algs")
     if ciphers is not None:
-        if not _paths(ciphers):
+        if not _names(ciphers):
             return None, "encryption_algs must be names"
         names = [ciphers] if isinstance(ciphers, str) else list(ciphers)
         argv += ["-o", "Ciphers=" + ",".join(names)]
-    return [*argv, host, "sftp"], ""
+    return [*argv, "--", host, "sftp"], ""
 
 
-def _paths(value: object) -> bool:
-    """A string, or a list or tuple of strings (TOML gives lists)."""
-    if isinstance(value, str):
-        return True
-    return isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+def _names(value: object) -> bool:
+    """A string, or a list or tuple of strings (TOML gives lists), none that ssh
+    would expand or split."""
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)):
+        return False
+    return all(isinstance(v, str) and v and not _special(v) for v in values)
+
+
+def _special(name: str) -> bool:
+    return any(c in _SPECIAL for c in name)
 
 
 def _quoted(path: str) -> str:
-    return '"' + path.replace('"', '\\"') + '"' if " " in path else path
+    return f'"{path}"' if " " in path else path
 
 
 class PipeBulk:
@@ -161,10 +194,12 @@ class PipeBulk:
         self._url = url
         self._argv = argv
         self._window = window
-        self._handshake_timeout = connect_timeout + _HANDSHAKE_EXTRA
+        self._handshake_timeout = (connect_timeout or _HANDSHAKE_EXTRA) + _HANDSHAKE_EXTRA
         self._make_folder = make_folder
         self._sessions: dict[str, _Session] = {}
-        self._starting = threading.Lock()
+        self._starting = {purpose: threading.Lock() for purpose in ("writes", "fsyncs")}
+        self._in_background: set[str] = set()
+        self._background_lock = threading.Lock()
 
     def open(self, path: str) -> PipeFile:
         """A part file at `path`: truncated if it exists, its folder made if missing."""
@@ -182,18 +217,45 @@ class PipeBulk:
         self.session("writes")
 
     def session(self, purpose: str) -> _Session:
-        with self._starting:
+        """The running session for `purpose` ("writes" or "fsyncs"), started if need be."""
+        with self._starting[purpose]:
             session = self._sessions.get(purpose)
             if session is None or session.ended:
                 session = _Session.start(self._argv, self._handshake_timeout, self._url)
                 self._sessions[purpose] = session
             return session
 
+    def running(self, purpose: str) -> _Session | None:
+        """The session for `purpose` if it runs; else None, and one starts in the
+        background (the writeback never waits for a handshake)."""
+        session = self._sessions.get(purpose)
+        if session is not None and not session.ended:
+            return session
+        with self._background_lock:
+            if purpose in self._in_background:
+                return None
+            self._in_background.add(purpose)
+        threading.Thread(
+            target=self._start_in_background,
+            args=(purpose,),
+            name=f"uploadsvc-ssh-{purpose}-start",
+            daemon=True,
+        ).start()
+        return None
+
     def stop(self) -> None:
         """End every `ssh` now (they would end with this object anyway)."""
-        with self._starting:
-            for session in self._sessions.values():
-                session.stop()
+        for session in list(self._sessions.values()):
+            session.stop()
+
+    def _start_in_background(self, purpose: str) -> None:
+        try:
+            self.session(purpose)
+        except OSError as e:  # the writeback is skipped meanwhile; the commit's fsync holds
+            log.warning("storage %s: no ssh session for %s: %s", self._url, purpose, e)
+        finally:
+            with self._background_lock:
+                self._in_background.discard(purpose)
 
 
 class PipeFile:
@@ -202,6 +264,12 @@ class PipeFile:
     Writes return while up to `window` bytes are unanswered; an error of one
     surfaces at a later `write` or at `flush`, and `close` after an error
     only cleans up, so an abort can go on to remove the part file.
+
+    The writeback fsyncs the file through a second handle, on the "fsyncs"
+    session, and never makes the upload wait: while that session starts or
+    the handle opens, `start_writeback` answers False. The commit's fsync
+    goes over the writes' own handle once every write is answered, so the
+    bytes are durable on the server that took them whatever the writeback did.
     """
 
     def __init__(
@@ -216,7 +284,8 @@ class PipeFile:
         self._unanswered: deque[tuple[Future[bytes], int]] = deque()
         self._bytes_unanswered = 0
         self._writeback: Future[bytes] | None = None
-        self._behind: tuple[_Session, bytes] | None = None  # a handle for the fsyncs
+        # The second handle: its session, and the answer to opening it.
+        self._behind: tuple[_Session, Future[bytes]] | None = None
         self._closed = False
 
     def write(self, block: bytes) -> int:
@@ -238,30 +307,39 @@ class PipeFile:
         self._settle(0)
 
     def start_writeback(self) -> bool:
-        """Start an fsync of the bytes the server has; False while the last one runs
-        (and always on a server without fsync@openssh.com)."""
+        """Start an fsync of the bytes the server has; False while the last one runs,
+        while its handle is not open yet, and on a server without fsync@openssh.com."""
         if not self._session.has_fsync:
             return False
         if self._writeback is not None:
             if not self._writeback.done():
                 return False
-            _status(self._writeback.result())  # its error, if any
-        session, handle = self._behind_handle()
+            _expect_status(self._writeback.result())  # its error, if any
+            self._writeback = None
+        if self._behind is None:
+            session = self._bulk.running("fsyncs")
+            if session is not None:
+                opening = session.request(_OPEN, *_open_fields(self._path, _READ))
+                self._behind = (session, opening)
+            return False
+        session, opening = self._behind
+        if not opening.done() or session.ended:
+            return False
+        handle = _handle(opening.result())
         self._writeback = session.request(_EXTENDED, _string(_FSYNC), _string(handle))
         return True
 
     def fsync(self) -> None:
-        """Make every byte written durable: waits for the writes and the writeback."""
+        """Make every byte written durable: waits for the writes, the writeback and
+        an fsync of its own."""
         self.flush()
         if not self._session.has_fsync:
             return  # the server's own pace
         if self._writeback is not None:
-            _status(self._writeback.result())
-            self._writeback = None
-            session, handle = self._behind_handle()
-        else:
-            session, handle = self._session, self._handle
-        _status(session.request(_EXTENDED, _string(_FSYNC), _string(handle)).result())
+            writeback, self._writeback = self._writeback, None
+            _expect_status(writeback.result())
+        fsync = self._session.request(_EXTENDED, _string(_FSYNC), _string(self._handle))
+        _expect_status(fsync.result())
 
     def close(self) -> None:
         if self._closed:
@@ -273,7 +351,9 @@ class PipeFile:
                 self._writeback.result()
         try:
             if self._behind is not None:
-                _close_handle(*self._behind)
+                session, opening = self._behind
+                with contextlib.suppress(OSError):  # opened, or it was not
+                    _close_handle(session, _handle(opening.result()))
         finally:
             _close_handle(self._session, self._handle)
 
@@ -283,33 +363,30 @@ class PipeFile:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _behind_handle(self) -> tuple[_Session, bytes]:
-        """The file opened again on the fsyncs' session (fsync flushes the file,
-        whichever handle asks), so the writes never queue behind the disk."""
-        if self._behind is None:
-            session = self._bulk.session("fsyncs")
-            self._behind = (session, session.open(self._path, _READ))
-        return self._behind
-
     def _settle(self, allowed: int) -> None:
         """Wait for the oldest answers until at most `allowed` bytes lack one."""
         while self._unanswered and self._bytes_unanswered > max(allowed, 0):
             answer, size = self._unanswered.popleft()
             self._bytes_unanswered -= size
-            _status(answer.result())
+            _expect_status(answer.result())
 
 
 def _close_handle(session: _Session, handle: bytes) -> None:
     """Close `handle`; quietly when its session has ended, which closed it already."""
     try:
-        _status(session.request(_CLOSE, _string(handle)).result())
+        _expect_status(session.request(_CLOSE, _string(handle)).result())
     except OSError:
         if not session.ended:
             raise  # the server refused
 
 
 class _Session:
-    """One `ssh` process speaking SFTP on its stdin and stdout."""
+    """One `ssh` process speaking SFTP on its stdin and stdout.
+
+    Two locks: `_sending` keeps requests whole on the pipe (a writer may wait
+    there while `ssh` is busy), `_state` guards the requests waiting for an
+    answer, so the reader never waits behind a writer.
+    """
 
     def __init__(self, proc: subprocess.Popen[bytes], requests: int, url: str) -> None:
         self.pid = proc.pid
@@ -317,14 +394,16 @@ class _Session:
         self.max_write = SAFE_WRITE
         self.has_fsync = False
         self.url = url
+        self.stderr: deque[str] = deque(maxlen=_STDERR_LINES)
+        self._proc = proc
         self._requests = requests  # a raw fd: `ssh` reads until it closes
         self._sending = threading.Lock()
+        self._state = threading.Lock()
         self._waiting: dict[int, Future[bytes]] = {}
         self._ids = itertools.count(1)
         self._why_ended = "ssh ended"
         self._gone = threading.Event()  # set once the reader knows why
         self._closer = weakref.finalize(self, _close_quietly, requests)
-        self.stderr: deque[str] = deque(maxlen=_STDERR_LINES)
 
     @classmethod
     def start(cls, argv: Sequence[str], timeout: float, url: str) -> _Session:
@@ -334,6 +413,9 @@ class _Session:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             bufsize=0,
+            # Not in the service's process group: a Ctrl-C meant for the
+            # service must not cut the uploads its graceful shutdown finishes.
+            start_new_session=True,
         )
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         # Only this object may hold `ssh`'s stdin (not the Popen, which the
@@ -341,8 +423,6 @@ class _Session:
         requests = os.dup(proc.stdin.fileno())
         proc.stdin.close()
         proc.stdin = None
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(requests, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         session = cls(proc, requests, url)
         said = threading.Thread(
             target=_read_stderr,
@@ -358,6 +438,9 @@ class _Session:
             daemon=True,
         ).start()
         try:
+            if hasattr(fcntl, "F_SETPIPE_SZ"):  # Linux
+                with contextlib.suppress(OSError):
+                    fcntl.fcntl(requests, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             session.handshake(timeout)
         except BaseException:
             session.stop()
@@ -366,25 +449,26 @@ class _Session:
 
     def handshake(self, timeout: float) -> None:
         """SFTP's INIT and VERSION, then the server's limits, within `timeout` s."""
+        deadline = time.monotonic() + timeout
         version = self.request(_INIT, _U32.pack(3), numbered=False)
         try:
-            reply = version.result(timeout)
-            extensions = _extensions(reply)
+            extensions = _extensions(version.result(timeout))
             self.has_fsync = _FSYNC in extensions
             if _LIMITS in extensions:
-                limits = self.request(_EXTENDED, _string(_LIMITS)).result(timeout)
+                asked = self.request(_EXTENDED, _string(_LIMITS))
+                limits = asked.result(max(0.0, deadline - time.monotonic()))
                 if limits[0] == _EXTENDED_REPLY and len(limits) >= 37:
-                    self.max_write = _U64.unpack_from(limits, 21)[0] or SAFE_WRITE
+                    packet, _, write = struct.unpack_from("!QQQ", limits, 5)
+                    most = min(write, packet - _WRITE_OVERHEAD) if packet else write
+                    self.max_write = most if most > 0 else SAFE_WRITE
         except TimeoutError:
             raise OSError(f"ssh did not start an SFTP session within {timeout:.0f} s") from None
+        except (struct.error, IndexError) as e:
+            raise OSError(f"ssh's SFTP handshake was garbled: {e}") from None
 
     def open(self, path: str, flags: int) -> bytes:
         """A handle on `path` (no attributes: the server's defaults)."""
-        reply = self.request(_OPEN, _string(path.encode()), _U32.pack(flags), _U32.pack(0)).result()
-        if reply[0] == _HANDLE:
-            return _read_string(reply, 5)[0]
-        _status(reply)
-        raise OSError(f"SFTP answered an open with packet type {reply[0]}")
+        return _handle(self.request(_OPEN, *_open_fields(path, flags)).result())
 
     def request(
         self, kind: int, *fields: bytes, data: memoryview | bytes = b"", numbered: bool = True
@@ -393,17 +477,19 @@ class _Session:
         OSError if `ssh` ends first. INIT is the one request without an id."""
         future: Future[bytes] = Future()
         with self._sending:
-            if self.ended:
-                raise OSError(self._why_ended)
-            number = next(self._ids) & 0xFFFFFFFF if numbered else 0
-            self._waiting[number] = future
+            with self._state:
+                if self.ended:
+                    raise OSError(self._why_ended)
+                number = next(self._ids) & 0xFFFFFFFF if numbered else 0
+                self._waiting[number] = future
             head = b"".join([bytes([kind]), _U32.pack(number) if numbered else b"", *fields])
             try:
                 _write_all(self._requests, _U32.pack(len(head) + len(data)) + head)
                 if data:
                     _write_all(self._requests, data)
             except OSError:
-                del self._waiting[number]
+                with self._state:
+                    self._waiting.pop(number, None)
             else:
                 return future
         # `ssh` went away: give the reader (bounded) the time to learn why.
@@ -411,14 +497,14 @@ class _Session:
         raise OSError(self._why_ended)
 
     def answer(self, number: int, reply: bytes) -> None:
-        with self._sending:
+        with self._state:
             future = self._waiting.pop(number, None)
         if future is not None:
             future.set_result(reply)
 
     def end(self, why: str) -> None:
         """`ssh` is gone: every request still waiting fails, saying why."""
-        with self._sending:
+        with self._state:
             self.ended = True
             self._why_ended = why
             waiting, self._waiting = self._waiting, {}
@@ -427,9 +513,14 @@ class _Session:
             future.set_exception(OSError(why))
 
     def stop(self) -> None:
+        """End `ssh` now: its stdin closes, and it is killed (one that is not reading
+        yet, stuck in a login, must not linger); the reader reaps it."""
         with self._sending:  # never while a request is being written
-            self.ended = True
+            with self._state:
+                self.ended = True
             self._closer()
+        with contextlib.suppress(OSError):
+            self._proc.kill()
 
 
 def _read_replies(
@@ -444,7 +535,11 @@ def _read_replies(
     why = ""
     try:
         while (size := _read_exactly(out, 4)) is not None:
-            reply = _read_exactly(out, _U32.unpack(size)[0])
+            length = _U32.unpack(size)[0]
+            if not 5 <= length <= _MAX_REPLY:
+                why = f"its replies are not SFTP (a packet of {length} bytes)"
+                break
+            reply = _read_exactly(out, length)
             if reply is None:
                 break
             running = session()
@@ -454,7 +549,7 @@ def _read_replies(
             number = 0 if reply[0] == _VERSION else _U32.unpack_from(reply, 1)[0]
             running.answer(number, reply)
             del running  # not held while blocked: the session must be free to go
-    except (OSError, struct.error) as e:
+    except (OSError, struct.error, IndexError) as e:
         why = f"reading its replies failed: {e}"
     finally:
         out.close()
@@ -495,10 +590,10 @@ def _extensions(reply: bytes) -> set[bytes]:
     return names
 
 
-def _status(reply: bytes) -> None:
-    """Raise the OSError a STATUS reply carries; return on OK (or on any other reply)."""
+def _expect_status(reply: bytes) -> None:
+    """Return on a STATUS reply saying OK; raise the OSError any other carries."""
     if reply[0] != _STATUS:
-        return
+        raise OSError(f"SFTP answered with packet type {reply[0]}, not a status")
     code = _U32.unpack_from(reply, 5)[0]
     if code == _OK:
         return
@@ -508,6 +603,19 @@ def _status(reply: bytes) -> None:
     if code == _PERMISSION_DENIED:
         raise PermissionError(13, message or "Permission denied")
     raise OSError(message or f"SFTP status {code}")
+
+
+def _handle(reply: bytes) -> bytes:
+    """The handle an OPEN's HANDLE reply carries; the error its STATUS says."""
+    if reply[0] == _HANDLE:
+        return _read_string(reply, 5)[0]
+    _expect_status(reply)
+    raise OSError("SFTP answered an open with OK but no handle")
+
+
+def _open_fields(path: str, flags: int) -> tuple[bytes, ...]:
+    """An OPEN's fields: the name, the flags, and no attributes (the server's defaults)."""
+    return _string(path.encode()), _U32.pack(flags), _U32.pack(0)
 
 
 def _string(value: bytes) -> bytes:
