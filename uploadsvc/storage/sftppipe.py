@@ -45,9 +45,10 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import IO, Any, Self
+from typing import IO, Any, Generic, Self, TypeVar
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # SFTP v3 packet types (draft-ietf-secsh-filexfer-02) and open flags.
 _INIT, _VERSION, _OPEN, _CLOSE, _WRITE = 1, 2, 3, 4, 6
@@ -179,6 +180,26 @@ def _quoted(path: str) -> str:
     return f'"{path}"' if " " in path else path
 
 
+class Window(Generic[T]):
+    """Writes in flight, oldest first, and the bytes they carry: `settle` waits for
+    the oldest (`check` raises a failed one's error) until what is left fits."""
+
+    def __init__(self, check: Callable[[Future[T]], object]) -> None:
+        self._check = check
+        self._writes: deque[tuple[Future[T], int]] = deque()
+        self._bytes = 0
+
+    def add(self, write: Future[T], size: int) -> None:
+        self._writes.append((write, size))
+        self._bytes += size
+
+    def settle(self, allowed: int) -> None:
+        while self._writes and self._bytes > max(allowed, 0):
+            write, size = self._writes.popleft()
+            self._bytes -= size
+            self._check(write)
+
+
 class PipeBulk:
     """Where the bytes of uploads go: part files on `ssh` sessions (see the module
     docstring). `make_folder` makes a missing folder (over asyncssh)."""
@@ -281,8 +302,7 @@ class PipeFile:
         self._handle = handle
         self._window = window
         self._offset = 0
-        self._unanswered: deque[tuple[Future[bytes], int]] = deque()
-        self._bytes_unanswered = 0
+        self._unanswered: Window[bytes] = Window(lambda answer: _expect_status(answer.result()))
         self._writeback: Future[bytes] | None = None
         # The second handle: its session, and the answer to opening it.
         self._behind: tuple[_Session, Future[bytes]] | None = None
@@ -293,18 +313,17 @@ class PipeFile:
         most = self._session.max_write
         for at in range(0, len(view), most):
             piece = view[at : at + most]
-            self._settle(self._window - len(piece))
+            self._unanswered.settle(self._window - len(piece))
             offset = self._offset + at
             answer = self._session.request(
                 _WRITE, _string(self._handle), _U64.pack(offset), _U32.pack(len(piece)), data=piece
             )
-            self._unanswered.append((answer, len(piece)))
-            self._bytes_unanswered += len(piece)
+            self._unanswered.add(answer, len(piece))
         self._offset += len(block)
         return len(block)
 
     def flush(self) -> None:
-        self._settle(0)
+        self._unanswered.settle(0)
 
     def start_writeback(self) -> bool:
         """Start an fsync of the bytes the server has; False while the last one runs,
@@ -362,13 +381,6 @@ class PipeFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def _settle(self, allowed: int) -> None:
-        """Wait for the oldest answers until at most `allowed` bytes lack one."""
-        while self._unanswered and self._bytes_unanswered > max(allowed, 0):
-            answer, size = self._unanswered.popleft()
-            self._bytes_unanswered -= size
-            _expect_status(answer.result())
 
 
 def _close_handle(session: _Session, handle: bytes) -> None:

@@ -31,7 +31,6 @@ import contextlib
 import logging
 import math
 import threading
-from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from sshfs import SSHFileSystem
 
 from ..errors import PreconditionFailed, ServiceError, StorageUnavailable
 from .sftplock import LOCK_FILE
-from .sftppipe import PipeBulk, openssh_command
+from .sftppipe import PipeBulk, Window, openssh_command
 
 #: Write requests in flight per object writer: OpenSSH's channel window (2 MiB)
 #: is what can be on the wire anyway, and more only queued in asyncssh's send
@@ -431,23 +430,25 @@ class PartFile:
         self._path = path
         self._file = f
         self._offset = 0
-        self._in_flight: deque[Future[int]] = deque()
-        self._bytes_in_flight = 0
+        self._in_flight: Window[int] = Window(
+            lambda write: self._connection.on(self._session, write.result)
+        )
         self._writeback: Future[None] | None = None
         self._behind: asyncssh.SFTPClientFile | None = None  # the flusher's handle
         self._closed = False
 
     def write(self, block: bytes) -> int:
-        self._settle(WRITE_WINDOW - len(block))
+        self._in_flight.settle(WRITE_WINDOW - len(block))
         piece = self._session.sftp.limits.max_write_len or SAFE_WRITE
         write = _write_pieces(self._file, block, self._offset, piece)
-        self._in_flight.append(asyncio.run_coroutine_threadsafe(write, self._session.fs.loop))
-        self._bytes_in_flight += len(block)
+        self._in_flight.add(
+            asyncio.run_coroutine_threadsafe(write, self._session.fs.loop), len(block)
+        )
         self._offset += len(block)
         return len(block)
 
     def flush(self) -> None:
-        self._settle(0)
+        self._in_flight.settle(0)
 
     def start_writeback(self) -> bool:
         """Start an fsync of the bytes the server has; False while the last one runs."""
@@ -474,7 +475,7 @@ class PartFile:
             return
         self._closed = True
         with contextlib.suppress(Exception):
-            self._settle(0)  # reported by flush already, or we are aborting
+            self._in_flight.settle(0)  # reported by flush already, or we are aborting
             if self._writeback is not None:
                 self._writeback.result()
         self._connection.on(self._session, lambda: self._session.run(self._close_all()))
@@ -491,12 +492,6 @@ class PartFile:
                 await self._behind.close()
         finally:
             await self._file.close()
-
-    def _settle(self, allowed: int) -> None:
-        """Wait for the oldest writes until at most `allowed` bytes are in flight."""
-        while self._in_flight and self._bytes_in_flight > max(allowed, 0):
-            future = self._in_flight.popleft()
-            self._bytes_in_flight -= self._connection.on(self._session, future.result)
 
     def __enter__(self) -> Self:
         return self
