@@ -94,8 +94,8 @@ BACKENDS = ["azure", "gcs", "sftp"]
 #: Groups of rows `--rows` can pick.
 ROW_GROUPS = ["uploads", "recovery", "listing", "processors", "workers", "backends", "nginx"]
 #: The backend rows' untimed first upload (see `Bench.warm_up`): more than one block or chunk
-#: of every backend's writer (GCS sends 40 MiB chunks), so each path is used once before.
-WARM_UP_BYTES = 48 * MiB
+#: of every backend's writer (GCS sends 50 MiB chunks), so each path is used once before.
+WARM_UP_BYTES = 56 * MiB
 #: `uploadsvc serve --workers N` for the workers rows; the first is the others' limit.
 WORKER_COUNTS = (1, 2)
 
