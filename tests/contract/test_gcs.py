@@ -92,6 +92,17 @@ async def read_all(storage: Storage, key: str, start: int = 0, end: int | None =
     return b"".join([b async for b in storage.read(key, start, end)])
 
 
+async def written_and_read(backend: GCSBackend, parts: list[bytes]) -> bytes:
+    """`parts` written as "obj" (nothing visible before the commit) and read back."""
+    storage = backend.storage()
+    async with storage.create("obj") as writer:
+        for part in parts:
+            await writer.write(part)
+        assert backend.contents() == []
+        assert (await writer.commit()).size == sum(len(p) for p in parts)
+    return await read_all(storage, "obj")
+
+
 def sessions_started(log: list[Sent]) -> int:
     return sum(1 for s in log if s.method == "POST" and "uploadType=resumable" in s.url)
 
@@ -105,17 +116,7 @@ def test_default_chunks_publish_exact_bytes(
     defaults: GCSBackend, sent: list[Sent], size: int, sessions: int
 ) -> None:
     parts = blocks(size)
-
-    async def scenario() -> bytes:
-        storage = defaults.storage()
-        async with storage.create("obj") as writer:
-            for block in parts:
-                await writer.write(block)
-            assert defaults.contents() == []
-            assert (await writer.commit()).size == size
-        return await read_all(storage, "obj")
-
-    stored = asyncio.run(scenario())
+    stored = asyncio.run(written_and_read(defaults, parts))
     assert hashlib.sha256(stored).digest() == hashlib.sha256(b"".join(parts)).digest()
     assert sessions_started(sent) == sessions
     assert defaults.contents() == ["obj"]
@@ -143,16 +144,7 @@ def test_chunks_cut_blocks_at_their_edges_and_the_last_request_is_never_empty(
     chunk = backend.options["block_size"]
     parts = [os.urandom(n) for n in sizes]
     total = sum(sizes)
-
-    async def scenario() -> bytes:
-        storage = backend.storage()
-        async with storage.create("obj") as writer:
-            for part in parts:
-                await writer.write(part)
-            assert (await writer.commit()).size == total
-        return await read_all(storage, "obj")
-
-    assert asyncio.run(scenario()) == b"".join(parts)
+    assert asyncio.run(written_and_read(backend, parts)) == b"".join(parts)
     ranges = [s.headers["Content-Range"] for s in sent if s.method == "PUT"]
     full, last = divmod(total, chunk)
     if not last:

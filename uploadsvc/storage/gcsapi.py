@@ -36,6 +36,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from .interface import BLOCK_SIZE
+from .spill import Piece
 
 #: Bodies go to aiohttp in slices this large, so the socket's buffer copies a
 #: slice at a time, never a whole chunk (Python 3.11's transports copy what
@@ -53,7 +54,6 @@ _UNSERVED_STATUSES = frozenset({408, 429})
 RESUME = 308
 
 T = TypeVar("T")
-Piece = bytes | memoryview
 
 
 class Source(Protocol):

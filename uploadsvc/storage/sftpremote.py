@@ -11,17 +11,19 @@ write waits for). The coroutines run on fsspec's IO loop, where sshfs keeps the
 connection; errors become the OSErrors files.py translates at the storage
 boundary.
 
-Two connections per storage: the bytes of uploads (`open(path, "wb")`, which
-only object writers use) travel on one of their own, so small calls (records,
-the lock) never queue behind megabytes in the same TCP stream, and a connection
-lost with an upload takes no record with it.
+Two paths per storage: the bytes of uploads (`open(path, "wb")`, which only
+object writers use) travel on one of their own, so small calls (records, the
+lock) never queue behind megabytes in the same TCP stream, and a connection
+lost with an upload takes no record with it. That path is OpenSSH's `ssh`
+(sftppipe.py) when the options allow, else an asyncssh connection of its own
+(`AsyncSSHBulk`, `PartFile`).
 
-Writes are pipelined: `write` hands a block to the IO loop and returns while up
-to `WRITE_WINDOW` bytes of write requests are in flight. `start_writeback`
-starts an fsync on a second handle on another channel, so the disk writes
-while the upload goes on and the fsync at commit only waits for the tail
-(OpenSSH answers a channel's requests one at a time: an fsync on the writing
-channel would stop the writes).
+On the asyncssh path, writes are pipelined: `write` hands a block to the IO
+loop and returns while up to `WRITE_WINDOW` bytes of write requests are in
+flight. `start_writeback` starts an fsync on a second handle on another
+channel, so the disk writes while the upload goes on and the fsync at commit
+only waits for the tail (OpenSSH answers a channel's requests one at a time:
+an fsync on the writing channel would stop the writes).
 """
 
 from __future__ import annotations
@@ -210,7 +212,7 @@ class Remote:
             log.info("storage %s: the bytes of uploads go over asyncssh: %s", url, why_not)
             self.bulk = AsyncSSHBulk(_Connection(url, host, connect))
         else:
-            timeout = float(connect.get("connect_timeout", 10))
+            timeout = float(connect.get("connect_timeout") or 0)  # 0: none set
             self.bulk = PipeBulk(url, argv, WRITE_WINDOW, timeout, self.makedirs)
         #: Called before every rename; the lock uses it to refuse a late one.
         self.before_rename: Callable[[], None] = lambda: None
